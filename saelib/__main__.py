@@ -1,0 +1,111 @@
+"""Command line: `python -m saelib data|lm|train|evaluate --profile NAME [--run NAME] [--set key=value ...]`.
+
+  data      text -> tokenizer -> packed training and held-out token sequences
+  lm        train the profile's small LM (or check that the pretrained one loads) and report held-out loss
+  train     train one SAE run (or every run of the profile)
+  evaluate  evaluate trained runs on held-out tokens (sparsities, MSEs, FVU, CE loss recovered)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from .config import ConfigError, load_profile
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m saelib", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_ in [("data", "prepare tokenizer and token sequences"), ("lm", "train or load the LM"),
+                        ("train", "train SAE runs"), ("evaluate", "evaluate SAE runs")]:
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("--profile", default="tiny", help="profile name in config/ (paper, tiny, smoke) or a YAML path")
+        s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value by dotted path, e.g. train.tokens=200000 (repeatable)")
+        s.add_argument("--no-progress", action="store_true", help="no progress bars")
+        if name in ("train", "evaluate"):
+            s.add_argument("--run", default="all", help="run name from the profile's `runs` (default: all)")
+        if name == "train":
+            s.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint if any")
+    return p
+
+
+def cmd_data(cfg, args) -> dict:
+    from .data import prepare_data
+
+    return prepare_data(cfg)
+
+
+def cmd_lm(cfg, args) -> dict:
+    from .data import load_npy
+    from .lm import heldout_loss, load_lm, pick_device, save_lm, train_lm
+
+    device = pick_device(cfg.train.device)
+    data_info = json.loads((cfg.out / "data" / "info.json").read_text()) if (cfg.out / "data" / "info.json").exists() \
+        else None
+    if data_info is None:
+        raise FileNotFoundError(f"{cfg.out / 'data' / 'info.json'} is missing: run `python -m saelib data "
+                                f"--profile {cfg.name}` first")
+    held = load_npy(cfg.out / "data" / "heldout.npy")
+    t0 = time.time()
+    if cfg.lm.source == "train":
+        train = load_npy(cfg.out / "data" / "train.npy")
+        model, rows = train_lm(cfg, train, held, data_info["vocab_size"], device, progress=not args.no_progress)
+    else:
+        model, _ = load_lm(cfg, device)
+        rows = []
+    info = {"source": cfg.lm.source, "name": cfg.lm.name if cfg.lm.source == "pretrained" else "saelib-tiny",
+            "n_params": sum(p.numel() for p in model.parameters()),
+            "heldout_loss_nats": heldout_loss(model, held[:256]),
+            "heldout_unigram_entropy_nats": data_info["heldout_unigram_entropy_nats"],
+            "seconds": round(time.time() - t0, 2), "log": rows}
+    folder = cfg.out / "lm"
+    if cfg.lm.source == "train":
+        save_lm(model, folder, info)
+    else:
+        from .io import atomic_write_json
+
+        atomic_write_json(folder / "info.json", info)
+    return {k: v for k, v in info.items() if k != "log"}
+
+
+def _runs(cfg, args) -> list[str]:
+    return cfg.run_names if args.run == "all" else [cfg.run(args.run) and args.run]
+
+
+def cmd_train(cfg, args) -> dict:
+    from .train import train_run
+
+    out = {}
+    for name in _runs(cfg, args):
+        out[name] = str(train_run(cfg, name, resume=args.resume, progress=not args.no_progress))
+    return out
+
+
+def cmd_evaluate(cfg, args) -> dict:
+    from .evaluate import evaluate_run
+
+    return {name: evaluate_run(cfg, name, progress=not args.no_progress) for name in _runs(cfg, args)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from .text import HubUnreachableError
+    from .train import TrainingDiverged
+
+    try:
+        cfg = load_profile(args.profile, args.overrides)
+        result = {"data": cmd_data, "lm": cmd_lm, "train": cmd_train, "evaluate": cmd_evaluate}[args.command](cfg, args)
+    except (ConfigError, FileNotFoundError, HubUnreachableError, TrainingDiverged, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Loss terms (SPEC "Definitions"). Each is a small function; `sae_loss` assembles the named terms.
+
+    loss = MSE + lambda_sparsity * {L0approx | L1 | tanh} + lambda_min * P_freq (+ ghost)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from .config import RunConfig
+from .sae import SAEOutput
+from .sparsity import SparsityTracker
+
+
+class LossTerms(NamedTuple):
+    mse: torch.Tensor  # legacy MSE (the reconstruction term)
+    sparsity: torch.Tensor  # L0approx, L1 or tanh: whichever the run uses
+    freq: torch.Tensor  # P_freq (0 when lambda_min = 0)
+    ghost: torch.Tensor  # ghost-gradient term (0 when off or nothing dead)
+    total: torch.Tensor
+
+
+# ---- sparsity measures, elementwise in the activation a >= 0 (Figures 1 and 2 plot these) ----
+
+def measure(name: str, a: torch.Tensor, eps: float = 0.2) -> torch.Tensor:
+    """Per-activation contribution to a sparsity measure: `l0` (indicator), `l1`, `tanh`, `l0approx`."""
+    if name == "l0":
+        return (a > 0).to(a.dtype)
+    if name == "l1":
+        return a
+    if name == "tanh":
+        return torch.tanh(a)
+    if name == "l0approx":
+        return a / (a + eps)
+    raise ValueError(f"unknown sparsity measure {name!r}; valid: l0, l1, tanh, l0approx")
+
+
+def measure_derivative(name: str, a: torch.Tensor, eps: float = 0.2) -> torch.Tensor:
+    """d measure / d a, analytic (the L0 indicator's derivative is 0 for a > 0)."""
+    if name == "l0":
+        return torch.zeros_like(a)
+    if name == "l1":
+        return torch.ones_like(a)
+    if name == "tanh":
+        return 1 - torch.tanh(a) ** 2
+    if name == "l0approx":
+        return eps / (a + eps) ** 2
+    raise ValueError(f"unknown sparsity measure {name!r}; valid: l0, l1, tanh, l0approx")
+
+
+# ---- terms ----
+
+def legacy_mse(x_hat_BD: torch.Tensor, x_BD: torch.Tensor) -> torch.Tensor:
+    """MSE of the reference SAEs: mean_{b,d} (x_hat - x)^2 / ||x_b - mean_batch(x)||_2."""
+    norm_B1 = (x_BD - x_BD.mean(0)).norm(dim=-1, keepdim=True)
+    return ((x_hat_BD - x_BD) ** 2 / norm_B1).mean()
+
+
+def l0approx(f_BF: torch.Tensor, eps: float) -> torch.Tensor:
+    """L0approx = (1/n_b) sum_b sum_f a/(a+eps)."""
+    return (f_BF / (f_BF + eps)).sum(-1).mean()
+
+
+def l1(f_BF: torch.Tensor) -> torch.Tensor:
+    return f_BF.sum(-1).mean()
+
+
+def s_hat(f_BF: torch.Tensor, eps: float) -> torch.Tensor:
+    """Batch sparsity estimate s_hat_f = (1/n_b) sum_b a/(a+eps)."""
+    return (f_BF / (f_BF + eps)).mean(0)
+
+
+def straight_through(s_hat_F: torch.Tensor, r_F: torch.Tensor) -> torch.Tensor:
+    """s_eff: value r (the rolling estimate), gradient that of s_hat."""
+    return s_hat_F + (r_F - s_hat_F).detach()
+
+
+def freq_penalty(s_eff_F: torch.Tensor, s_min: float) -> torch.Tensor:
+    """P_freq = sum_f ReLU(log10(s_min) - log10(s_eff_f))."""
+    return torch.relu(math.log10(s_min) - torch.log10(s_eff_F)).sum()
+
+
+def ghost_loss(x_BD, out: SAEOutput, sae, dead_F: torch.Tensor, mse: torch.Tensor) -> torch.Tensor:
+    """Ghost gradients: dead features, with exp() in place of ReLU, are asked to explain the residual.
+
+    The ghost output is rescaled to half the residual's norm, its legacy MSE against the residual is
+    rescaled to the size of the real MSE, and only dead features' parameters receive its gradient
+    (b_dec is detached in the ghost encoder).
+    """
+    residual_BD = (x_BD - out.x_hat_BD).detach()
+    x_in = x_BD - sae.b_dec.detach() if sae.shape.pre_encoder_bias else x_BD
+    pre_BK = x_in @ sae.W_enc[:, dead_F] + sae.b_enc[dead_F]
+    ghost_BD = torch.exp(pre_BK) @ sae.W_dec[dead_F]
+    scale_B1 = (residual_BD.norm(dim=-1, keepdim=True) / (2 * ghost_BD.norm(dim=-1, keepdim=True) + 1e-6)).detach()
+    ghost_mse = legacy_mse(ghost_BD * scale_B1, residual_BD)
+    return (mse / (ghost_mse + 1e-6)).detach() * ghost_mse
+
+
+def sparsity_term(run: RunConfig, f_BF: torch.Tensor, ratio_BF: torch.Tensor | None) -> torch.Tensor:
+    if run.sparsity == "l0approx":
+        return ratio_BF.sum(-1).mean()
+    if run.sparsity == "l1":
+        return l1(f_BF)
+    return torch.tanh(f_BF).sum(-1).mean()
+
+
+def sae_loss(run: RunConfig, sae, x_BD: torch.Tensor, out: SAEOutput, tracker: SparsityTracker) -> LossTerms:
+    """All terms of one training step. Updates `tracker` (rolling window, steps since fired) in place."""
+    f = out.f_BF
+    zero = f.new_zeros(())
+    mse = legacy_mse(out.x_hat_BD, x_BD)
+    need_ratio = run.sparsity == "l0approx" or run.lambda_min > 0 or run.rolling_source == "s_hat"
+    ratio_BF = f / (f + run.eps) if need_ratio else None  # a/(a+eps), shared by L0approx and s_hat
+
+    fired_BF = f > 0
+    fire_frac_F = fired_BF.float().mean(0)
+    s_hat_F = ratio_BF.mean(0) if ratio_BF is not None else None
+    tracker.update(s_hat_F.detach() if run.rolling_source == "s_hat" else fire_frac_F, fired_BF.any(0))
+
+    sparsity = sparsity_term(run, f, ratio_BF)
+    freq = freq_penalty(straight_through(s_hat_F, tracker.rolling()), run.s_min) if run.lambda_min > 0 else zero
+    ghost = zero
+    if run.ghost:
+        dead_F = tracker.dead_mask(run.dead_window)
+        if bool(dead_F.any()):
+            ghost = ghost_loss(x_BD, out, sae, dead_F, mse)
+    total = mse + run.lambda_sparsity * sparsity + run.lambda_min * freq + ghost
+    return LossTerms(mse, sparsity, freq, ghost, total)
