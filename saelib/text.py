@@ -8,9 +8,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -51,6 +53,43 @@ def check_hub(what: str, timeout: float = HUB_TIMEOUT_S) -> bool:
         return True  # it answered
     except Exception:
         return False
+
+
+@contextlib.contextmanager
+def hub_offline():
+    """Offline mode for huggingface_hub/transformers for the duration of the block (cache only, no retries).
+    The libraries read HF_HUB_OFFLINE at import, so the module constants are switched too."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    mod = sys.modules[huggingface_hub.is_offline_mode.__module__]
+    saved = (os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE, getattr(mod, "HF_HUB_OFFLINE", None))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
+    mod.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved[0]
+        constants.HF_HUB_OFFLINE = saved[1]
+        mod.HF_HUB_OFFLINE = saved[2]
+
+
+def load_from_hub(what: str, load):
+    """Call `load()` (a from_pretrained call): online when the hub answers, else from the local cache only,
+    raising HubUnreachableError with the ways out when neither works."""
+    if check_hub(what):
+        return load()
+    try:
+        with hub_offline():
+            return load()
+    except Exception as e:
+        raise HubUnreachableError(hub_unreachable_message(what, f"no answer within {HUB_TIMEOUT_S:.0f} s or "
+                                                          f"HF_HUB_OFFLINE set, and no local cache: "
+                                                          f"{type(e).__name__}")) from None
 
 
 # ---- documents ----

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -160,7 +160,7 @@ class Trainer:
             self.load_checkpoint(meta)
         elif run.b_dec_init == "geometric_median":
             with torch.no_grad():
-                self.sae.b_dec.copy_(geometric_median(self.buffer.peek(min(cfg.activations.buffer_tokens, 32768))))
+                self.sae.b_dec.copy_(geometric_median(self.buffer.peek(32768)))
         steps, B = cfg.train.steps, cfg.train.batch_tokens
         bar = tqdm(total=steps, initial=self.step, desc=self.run_name, disable=not self.progress, mininterval=2)
         while self.step < steps:
@@ -186,10 +186,11 @@ class Trainer:
                 self.save_checkpoint()
         bar.close()
         self.seconds += time.time() - self.t0
-        write_metrics_csv(self.folder / "metrics.csv", self.rows)
         self.sae.save(self.folder, {"name": self.run_name, **asdict(run), "profile": cfg.name,
                                     "hook": cfg.activations.hook, "train": asdict(cfg.train),
                                     "rolling_window": self.window, "train_seconds": round(self.seconds, 2)})
+        write_metrics_csv(self.folder / "metrics.csv", self.rows)  # written last: marks the run complete
+        shutil.rmtree(self.ckpt_dir, ignore_errors=True)  # the final weights supersede the checkpoints
         return self.folder
 
 

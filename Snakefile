@@ -1,0 +1,91 @@
+# The DAG of one profile: text -> tokenizer + token sequences -> LM -> SAE runs -> evaluation.
+#   snakemake --cores 1                          # the default profile (tiny)
+#   snakemake --cores 1 --config profile=smoke
+# Each step is a `python -m saelib` command; settings come from config/<profile>.yaml only.
+import sys
+
+from snakemake.utils import validate
+
+from saelib.config import load_profile
+
+configfile: "config/workflow.yaml"
+validate(config, "workflow/schema.yaml")
+
+PROFILE = config["profile"]
+SET = [s for s in config.get("set", "").split(",") if s]
+CFG = load_profile(PROFILE, SET)  # validates the profile before anything runs
+OUT = CFG.out_dir
+RUNS = CFG.run_names
+SET_ARGS = " ".join(f"--set {s}" for s in SET)
+SAELIB = f"{sys.executable} -m saelib {{cmd}} --profile {PROFILE} {SET_ARGS} --no-progress"
+GPU = 1 if CFG.lm.source == "pretrained" else 0
+
+
+def saelib(cmd):
+    return SAELIB.format(cmd=cmd)
+
+
+rule all:
+    input:
+        expand(f"{OUT}/runs/{{run}}/eval.json", run=RUNS),
+
+
+rule data:
+    output:
+        info=f"{OUT}/data/info.json",
+        heldout=f"{OUT}/data/heldout.npy",
+    log:
+        f"{OUT}/logs/data.log",
+    shell:
+        saelib("data") + " > {log} 2>&1"
+
+
+rule lm:
+    input:
+        rules.data.output.info,
+    output:
+        f"{OUT}/lm/info.json",
+    log:
+        f"{OUT}/logs/lm.log",
+    threads: 2
+    resources:
+        gpu=GPU,
+        mem_mb=8000,
+    shell:
+        saelib("lm") + " > {log} 2>&1"
+
+
+rule train:
+    input:
+        rules.lm.output,
+    output:
+        weights=f"{OUT}/runs/{{run}}/sae.safetensors",
+        cfg=f"{OUT}/runs/{{run}}/cfg.json",
+        metrics=f"{OUT}/runs/{{run}}/metrics.csv",
+    log:
+        f"{OUT}/logs/train_{{run}}.log",
+    threads: 2
+    resources:
+        gpu=GPU,
+        mem_mb=16000 if GPU else 8000,
+        runtime=720 if GPU else 60,
+    # --resume: a pre-empted job continues from its last checkpoint when rerun
+    shell:
+        saelib("train") + " --run {wildcards.run} --resume > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        rules.train.output.weights,
+        rules.train.output.metrics,
+    output:
+        f"{OUT}/runs/{{run}}/eval.json",
+        f"{OUT}/runs/{{run}}/features.safetensors",
+    log:
+        f"{OUT}/logs/evaluate_{{run}}.log",
+    threads: 2
+    resources:
+        gpu=GPU,
+        mem_mb=8000,
+    shell:
+        saelib("evaluate") + " --run {wildcards.run} > {log} 2>&1"

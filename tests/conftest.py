@@ -1,0 +1,22 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def smoke_lm(tmp_path_factory):
+    """The smoke profile's data and LM, built once per test session in a temporary results folder."""
+    from saelib.__main__ import main
+
+    out = tmp_path_factory.mktemp("smoke")
+    for cmd in ("data", "lm"):
+        assert main([cmd, "--profile", "smoke", "--set", f"out_dir={out}", "--no-progress"]) == 0
+    return out

@@ -1,0 +1,57 @@
+"""The smoke pipeline end to end, offline: data -> LM -> every run -> evaluation, through the CLI."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from saelib.__main__ import main
+from saelib.config import load_profile
+from saelib.sae import SAE
+
+
+def test_smoke_pipeline_end_to_end(smoke_lm):
+    out = smoke_lm
+    over = ["--set", f"out_dir={out}", "--no-progress"]
+    assert main(["train", "--profile", "smoke", *over]) == 0
+    assert main(["evaluate", "--profile", "smoke", *over]) == 0
+    cfg = load_profile("smoke", {"out_dir": str(out)})
+    lm = json.loads((out / "lm" / "info.json").read_text())
+    assert lm["heldout_loss_nats"] < lm["heldout_unigram_entropy_nats"] + 0.5  # 30 steps: near unigram
+    for run in cfg.run_names:
+        folder = out / "runs" / run
+        ev = json.loads((folder / "eval.json").read_text())
+        for k in ("l0", "mse_legacy", "mse", "fvu", "l1", "dead", "dead_pct", "dense_gt_0.1", "dense_gt_0.2",
+                  "ce_clean", "ce_sae", "ce_zero", "ce_recovered"):
+            assert np.isfinite(ev[k]), (run, k)
+        assert ev["ce_clean"] < ev["ce_sae"] < ev["ce_zero"] + 1.0
+        assert ev["tokens"] == cfg.eval.tokens
+        feats = load_file(str(folder / "features.safetensors"))
+        s = feats["sparsity"]
+        assert s.shape == (cfg.run(run).expansion * cfg.lm.d_model,)
+        assert int((s == 0).sum()) == ev["dead"]
+        assert abs(float(s.sum()) - ev["l0"]) < 1e-3 * max(1.0, ev["l0"])  # L0 = sum_f s_f
+        m = pd.read_csv(folder / "metrics.csv")
+        assert m.step.iloc[-1] == cfg.train.steps - 1
+        sae = SAE.load(folder)
+        assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(sae.d_sae), atol=1e-5)
+
+
+@pytest.mark.parametrize("profile", ["smoke", "tiny", "paper"])
+def test_snakemake_dag_resolves(profile, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--config", f"profile={profile}",
+                        f"set=out_dir={tmp_path}"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "rule train" in r.stdout or "train" in r.stdout
+
+
+def test_snakemake_rejects_unknown_config_key(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--config", "profile=smoke",
+                        "profil=x"], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "profil" in r.stderr + r.stdout
