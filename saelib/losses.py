@@ -54,8 +54,9 @@ def measure_derivative(name: str, a: torch.Tensor, eps: float = 0.2) -> torch.Te
 # ---- terms ----
 
 def legacy_mse(x_hat_BD: torch.Tensor, x_BD: torch.Tensor) -> torch.Tensor:
-    """MSE of the reference SAEs: mean_{b,d} (x_hat - x)^2 / ||x_b - mean_batch(x)||_2."""
-    norm_B1 = (x_BD - x_BD.mean(0)).norm(dim=-1, keepdim=True)
+    """MSE of the reference SAEs: mean_{b,d} (x_hat - x)^2 / ||x_b - mean_batch(x)||_2.
+    The norm is floored at 1e-6: it is 0 for a batch of one token or of identical rows."""
+    norm_B1 = (x_BD - x_BD.mean(0)).norm(dim=-1, keepdim=True).clamp_min(1e-6)
     return ((x_hat_BD - x_BD) ** 2 / norm_B1).mean()
 
 
@@ -106,28 +107,36 @@ def ghost_loss(x_BD, out: SAEOutput, sae, dead_F: torch.Tensor, mse: torch.Tenso
     return (mse / (ghost_mse + 1e-6)).detach() * ghost_mse
 
 
-def sparsity_term(run: RunConfig, f_BF: torch.Tensor, ratio_BF: torch.Tensor | None) -> torch.Tensor:
-    if run.sparsity == "l0approx":
-        return ratio_BF.sum(-1).mean()
-    if run.sparsity == "l1":
-        return l1(f_BF)
-    return torch.tanh(f_BF).sum(-1).mean()
+def needs_ratio(run: RunConfig) -> bool:
+    """Whether the step uses a/(a+eps): for L0approx, for s_hat in the frequency penalty or rolling mean."""
+    return run.sparsity == "l0approx" or run.lambda_min > 0 or run.rolling_source == "s_hat"
 
 
 def sae_loss(run: RunConfig, sae, x_BD: torch.Tensor, out: SAEOutput, tracker: SparsityTracker) -> LossTerms:
-    """All terms of one training step. Updates `tracker` (rolling window, steps since fired) in place."""
+    """All terms of one training step. Updates `tracker` (rolling window, steps since fired) in place.
+
+    `out` comes from `sae(x, eps=run.eps)` (fused kernel: carries sum_b a/(a+eps)) or from `sae(x)`
+    (plain autograd; the sums are formed here). Both give the same values and gradients."""
     f = out.f_BF
+    n_b = f.shape[0]
     zero = f.new_zeros(())
     mse = legacy_mse(out.x_hat_BD, x_BD)
-    need_ratio = run.sparsity == "l0approx" or run.lambda_min > 0 or run.rolling_source == "s_hat"
-    ratio_BF = f / (f + run.eps) if need_ratio else None  # a/(a+eps), shared by L0approx and s_hat
+    ratio_sum_F = out.ratio_sum_F
+    if ratio_sum_F is None and needs_ratio(run):
+        ratio_sum_F = (f / (f + run.eps)).sum(0)
+    s_hat_F = ratio_sum_F / n_b if ratio_sum_F is not None else None  # s_hat_f = (1/n_b) sum_b a/(a+eps)
 
-    fired_BF = f > 0
-    fire_frac_F = fired_BF.float().mean(0)
-    s_hat_F = ratio_BF.mean(0) if ratio_BF is not None else None
-    tracker.update(s_hat_F.detach() if run.rolling_source == "s_hat" else fire_frac_F, fired_BF.any(0))
+    with torch.no_grad():
+        fired_F = torch.count_nonzero(f, dim=0)
+        value_F = s_hat_F.detach() if run.rolling_source == "s_hat" else fired_F.to(f.dtype) / n_b
+        tracker.update(value_F, fired_F > 0)
 
-    sparsity = sparsity_term(run, f, ratio_BF)
+    if run.sparsity == "l0approx":
+        sparsity = ratio_sum_F.sum() / n_b  # L0approx = (1/n_b) sum_b sum_f a/(a+eps)
+    elif run.sparsity == "l1":
+        sparsity = l1(f)
+    else:
+        sparsity = torch.tanh(f).sum(-1).mean()
     freq = (freq_penalty(log10_straight_through(s_hat_F, tracker.rolling()), run.s_min) if run.lambda_min > 0
             else zero)
     ghost = zero

@@ -18,12 +18,14 @@ import torch
 from torch import nn
 
 from .io import atomic_write_json, load_safetensors, save_safetensors
+from .kernels import relu_ratio
 
 
 class SAEOutput(NamedTuple):
-    pre_BF: torch.Tensor  # pre-activation (before ReLU); ghost gradients need it
+    pre_BF: torch.Tensor  # pre-activation (before ReLU)
     f_BF: torch.Tensor  # feature activations a
     x_hat_BD: torch.Tensor  # reconstruction
+    ratio_sum_F: torch.Tensor | None = None  # sum_b a/(a+eps), when forward() was given eps
 
 
 @dataclass
@@ -66,10 +68,15 @@ class SAE(nn.Module):
     def decode(self, f_BF: torch.Tensor) -> torch.Tensor:
         return torch.addmm(self.b_dec, f_BF, self.W_dec)
 
-    def forward(self, x_BD: torch.Tensor) -> SAEOutput:
+    def forward(self, x_BD: torch.Tensor, eps: float | None = None) -> SAEOutput:
+        """With `eps`, also returns sum_b a/(a+eps) per feature (for L0approx and s_hat), computed by the
+        fused ReLU + ratio kernel."""
         pre = self.encode_pre(x_BD)
-        f = torch.relu(pre)
-        return SAEOutput(pre, f, self.decode(f))
+        if eps is None:
+            f = torch.relu(pre)
+            return SAEOutput(pre, f, self.decode(f))
+        f, ratio_sum = relu_ratio(pre, eps)
+        return SAEOutput(pre, f, self.decode(f), ratio_sum)
 
     # ---- unit-norm decoder rows (SPEC: project the gradient, renormalise after the step) ----
 

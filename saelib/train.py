@@ -23,7 +23,7 @@ from .activations import ActivationBuffer
 from .config import ProfileConfig, RunConfig
 from .io import atomic_write_json, atomic_write_text, load_safetensors, save_safetensors
 from .lm import check_hook, load_lm, pick_device
-from .losses import LossTerms, sae_loss
+from .losses import LossTerms, needs_ratio, sae_loss
 from .metrics import batch_metrics
 from .sae import SAE
 from .sparsity import R_FLOOR, SparsityTracker
@@ -168,7 +168,7 @@ class Trainer:
             lr = self.lr_at(self.step)
             for g in self.opt.param_groups:
                 g["lr"] = lr
-            out = self.sae(x)
+            out = self.sae(x, eps=run.eps if needs_ratio(run) else None)
             terms = sae_loss(run, self.sae, x, out, self.tracker)
             self.check_finite(x, terms)
             self.opt.zero_grad(set_to_none=True)

@@ -140,3 +140,29 @@ def test_ghost_term_only_when_features_are_dead():
     t = sae_loss(run, sae, x, sae(x), tracker)  # dead for 2 steps
     assert t.ghost > 0
     assert tracker.dead_mask(2).tolist() == [i == 3 for i in range(8)]
+
+
+@pytest.mark.parametrize("B,F", [(1, 3), (16, 8), (33, 70)])
+@pytest.mark.parametrize("rolling_source", ["firing", "s_hat"])
+def test_fused_kernel_matches_plain_autograd(B, F, rolling_source):
+    """The fused ReLU + a/(a+eps) path gives the same terms and gradients as plain autograd."""
+    from saelib.kernels import relu_ratio
+
+    run = RunConfig(lambda_sparsity=1e-2, lambda_min=1e-3, s_min=0.2, rolling_source=rolling_source)
+    torch.manual_seed(B * F)
+    sae = SAE(5, F, pre_encoder_bias=True)
+    x = torch.randn(B, 5, dtype=torch.float64)
+    sae = sae.double()
+    grads, terms = [], []
+    for eps in (None, run.eps):
+        sae.zero_grad()
+        t = sae_loss(run, sae, x, sae(x, eps=eps), SparsityTracker(F, 3, "cpu"))
+        t.total.backward()
+        terms.append(t)
+        grads.append([p.grad.clone() for p in sae.parameters()])
+    for a, b in zip(terms[0], terms[1]):
+        assert_close(a, b)
+    for a, b in zip(*grads):
+        assert_close(a, b)
+    pre = torch.randn(B, F, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda p: relu_ratio(p, 0.2), (pre,))
