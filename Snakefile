@@ -1,6 +1,7 @@
-# The DAG of one profile: text -> tokenizer + token sequences -> LM -> SAE runs -> evaluation.
+# The DAG of one profile: text -> tokenizer + token sequences -> LM -> SAE runs -> evaluation -> figures.
 #   snakemake --cores 1                          # the default profile (tiny)
 #   snakemake --cores 1 --config profile=smoke
+# The figure and table notebooks (papermill) are in workflow/notebooks.smk.
 # Each step is a `python -m saelib` command; settings come from config/<profile>.yaml only.
 import sys
 
@@ -25,9 +26,14 @@ def saelib(cmd):
     return SAELIB.format(cmd=cmd)
 
 
+include: "workflow/notebooks.smk"
+
+
 rule all:
+    default_target: True
     input:
         expand(f"{OUT}/runs/{{run}}/eval.json", run=RUNS),
+        NOTEBOOK_OUTPUTS,
 
 
 rule data:

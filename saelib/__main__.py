@@ -4,11 +4,14 @@
   lm        train the profile's small LM (or check that the pretrained one loads) and report held-out loss
   train     train one SAE run (or every run of the profile)
   evaluate  evaluate trained runs on held-out tokens (sparsities, MSEs, FVU, CE loss recovered)
+  export    `python -m saelib export RUN_FOLDER --format sae-lens OUT_FOLDER [--force]`: a trained run in
+            sae-lens's on-disk format (loadable with sae_lens.SAE.load_from_disk)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -31,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--run", default="all", help="run name from the profile's `runs` (default: all)")
         if name == "train":
             s.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint if any")
+    e = sub.add_parser("export", help="export a trained run (sae-lens format)")
+    e.add_argument("run_folder", metavar="RUN_FOLDER", help="a run folder, e.g. results/tiny/runs/l0a_3")
+    e.add_argument("--format", required=True, choices=["sae-lens"], help="output format")
+    e.add_argument("out", metavar="OUT_FOLDER", help="folder to create (must be absent or empty)")
+    e.add_argument("--force", action="store_true", help="replace a non-empty OUT_FOLDER")
     return p
 
 
@@ -74,7 +82,10 @@ def cmd_lm(cfg, args) -> dict:
 
 
 def _runs(cfg, args) -> list[str]:
-    return cfg.run_names if args.run == "all" else [cfg.run(args.run) and args.run]
+    if args.run == "all":
+        return cfg.run_names
+    cfg.run(args.run)  # raises ConfigError listing the valid runs
+    return [args.run]
 
 
 def cmd_train(cfg, args) -> dict:
@@ -92,14 +103,27 @@ def cmd_evaluate(cfg, args) -> dict:
     return {name: evaluate_run(cfg, name, progress=not args.no_progress) for name in _runs(cfg, args)}
 
 
+def cmd_export(args) -> dict:
+    from .export import export_run
+
+    out = export_run(args.run_folder, args.out, force=args.force)
+    return {"format": args.format, "run": args.run_folder, "out": str(out)}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from .text import HubUnreachableError
     from .train import TrainingDiverged
 
     try:
-        cfg = load_profile(args.profile, args.overrides)
-        result = {"data": cmd_data, "lm": cmd_lm, "train": cmd_train, "evaluate": cmd_evaluate}[args.command](cfg, args)
+        # libraries print progress notes to stdout; keep stdout for the JSON result alone
+        with contextlib.redirect_stdout(sys.stderr):
+            if args.command == "export":  # works on a run folder, not a profile
+                result = cmd_export(args)
+            else:
+                cfg = load_profile(args.profile, args.overrides)
+                cmd = {"data": cmd_data, "lm": cmd_lm, "train": cmd_train, "evaluate": cmd_evaluate}[args.command]
+                result = cmd(cfg, args)
     except (ConfigError, FileNotFoundError, HubUnreachableError, TrainingDiverged, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ import io
 import json
 import shutil
 import time
+import zlib
 from dataclasses import asdict
 from pathlib import Path
 
@@ -47,6 +48,12 @@ def geometric_median(x_ND: torch.Tensor, iters: int = 100, tol: float = 1e-6) ->
     return m.to(x_ND.dtype)
 
 
+def init_seed(run_name: str, seed: int) -> int:
+    """Seed of a run's SAE initialisation: runs differ by name and seed, so no two runs share a starting
+    decoder (which would inflate feature matching between them)."""
+    return seed * 1_000_003 + zlib.crc32(run_name.encode())
+
+
 def run_folder(cfg: ProfileConfig, run_name: str) -> Path:
     return cfg.out / "runs" / run_name
 
@@ -73,7 +80,7 @@ class Trainer:
         for p in self.model.parameters():
             p.requires_grad_(False)
         d_in = self.model.cfg.d_model
-        gen = torch.Generator().manual_seed(self.run.seed)
+        gen = torch.Generator().manual_seed(init_seed(run_name, self.run.seed))
         self.sae = SAE(d_in, self.run.expansion * d_in, self.run.pre_encoder_bias, generator=gen).to(self.device)
         self.buffer = ActivationBuffer(self.model, cfg, self.device)
         self.window = self.run.window(cfg.train.batch_tokens)

@@ -20,3 +20,14 @@ def smoke_lm(tmp_path_factory):
     for cmd in ("data", "lm"):
         assert main([cmd, "--profile", "smoke", "--set", f"out_dir={out}", "--no-progress"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def smoke_twin(smoke_lm, tmp_path_factory):
+    """A second results folder with the same data and LM, for runs that must be compared under one name."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("smoke_twin")
+    for sub in ("data", "lm"):
+        shutil.copytree(smoke_lm / sub, out / sub)
+    return out

@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,9 +22,8 @@ from saelib.train import Trainer, train_run
 TOKENS = 120 * 1024
 
 
-def _over(out, run):
-    return {"out_dir": str(out), "train.tokens": TOKENS, "train.checkpoint_every": 10,
-            f"runs.{run}.lambda_sparsity": 2e-3, f"runs.{run}.label": "same"}
+def _over(out):
+    return {"out_dir": str(out), "train.tokens": TOKENS, "train.checkpoint_every": 10}
 
 
 def _same(folder_a, folder_b):
@@ -35,19 +35,19 @@ def _same(folder_a, folder_b):
     pd.testing.assert_frame_equal(ma[cols], mb[cols])
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(smoke_lm):
-    cfg = load_profile("smoke", _over(smoke_lm, "l0a_3"))
-    return train_run(cfg, "l0a_3", progress=False)
+def uninterrupted(out, run):
+    """The same run trained without interruption, in a twin results folder (same data and LM)."""
+    return train_run(load_profile("smoke", _over(out)), run, progress=False)
 
 
-def test_sigkill_at_random_steps_then_resume_is_bit_identical(smoke_lm, uninterrupted):
-    run = "l0a_4"
-    sets = [a for k, v in _over(smoke_lm, run).items() for a in ("--set", f"{k}={v}")]
+def test_sigkill_at_random_steps_then_resume_is_bit_identical(smoke_lm, smoke_twin):
+    run = "l0a_3"
+    sets = [a for k, v in _over(smoke_lm).items() for a in ("--set", f"{k}={v}")]
     cmd = [sys.executable, "-m", "saelib", "train", "--profile", "smoke", "--run", run, "--resume", "--no-progress",
            *sets]
     folder = smoke_lm / "runs" / run
     latest = folder / "checkpoints" / "latest.json"
+    shutil.rmtree(folder, ignore_errors=True)
     rng = random.Random(0)
     kills = 0
     for target in sorted(rng.sample(range(5, 110), 3)):
@@ -64,13 +64,13 @@ def test_sigkill_at_random_steps_then_resume_is_bit_identical(smoke_lm, uninterr
     assert kills >= 2
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    _same(uninterrupted, folder)
+    _same(uninterrupted(smoke_twin, run), folder)
     assert not list(folder.glob(".*.tmp")) and not (folder / "checkpoints").exists()
 
 
-def test_disk_full_while_checkpointing_keeps_previous_checkpoint(smoke_lm, uninterrupted, monkeypatch):
+def test_disk_full_while_checkpointing_keeps_previous_checkpoint(smoke_lm, smoke_twin, monkeypatch):
     run = "l0a_5"
-    cfg = load_profile("smoke", _over(smoke_lm, run))
+    cfg = load_profile("smoke", _over(smoke_lm))
     import saelib.io as sio
 
     real = sio.save_file
@@ -95,14 +95,14 @@ def test_disk_full_while_checkpointing_keeps_previous_checkpoint(smoke_lm, unint
     tr = Trainer(cfg, run, progress=False)
     tr.load_checkpoint(meta)  # the previous checkpoint is intact and loads
     assert tr.step == 20
-    _same(uninterrupted, train_run(cfg, run, resume=True, progress=False))
+    _same(uninterrupted(smoke_twin, run), train_run(cfg, run, resume=True, progress=False))
 
 
 def test_checkpoint_of_another_config_is_refused(smoke_lm):
-    cfg = load_profile("smoke", _over(smoke_lm, "l0a_1") | {"train.tokens": 30 * 1024})
+    cfg = load_profile("smoke", _over(smoke_lm) | {"train.tokens": 30 * 1024})
     tr = Trainer(cfg, "l0a_1", progress=False)
     tr.t0 = time.time()
     tr.save_checkpoint()
-    cfg2 = load_profile("smoke", _over(smoke_lm, "l0a_1") | {"runs.l0a_1.lambda_sparsity": 1.0})
+    cfg2 = load_profile("smoke", _over(smoke_lm) | {"runs.l0a_1.lambda_sparsity": 1.0})
     with pytest.raises(ValueError, match="another run config"):
         train_run(cfg2, "l0a_1", resume=True, progress=False)

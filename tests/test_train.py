@@ -52,15 +52,13 @@ class Interrupt(Exception):
     pass
 
 
-def test_resume_after_interruption_is_bit_identical(smoke_lm, monkeypatch):
-    over = {"out_dir": str(smoke_lm), "train.tokens": 30 * 1024, "train.checkpoint_every": 10}
-    cfg = load_profile("smoke", over | {"runs.l0a_2.seed": 0})
-    full = train_run(cfg, "l0a_2", progress=False)
+def test_resume_after_interruption_is_bit_identical(smoke_lm, smoke_twin, monkeypatch):
+    over = {"train.tokens": 30 * 1024, "train.checkpoint_every": 10}
+    full = train_run(load_profile("smoke", over | {"out_dir": str(smoke_twin)}), "l0a_2", progress=False)
     want_w = SAE.load(full).state_dict()
     want_rows = pd.read_csv(full / "metrics.csv")
 
-    cfg2 = load_profile("smoke", over | {"runs.l0a_3.lambda_sparsity": cfg.run("l0a_2").lambda_sparsity,
-                                         "runs.l0a_3.label": cfg.run("l0a_2").label})
+    cfg = load_profile("smoke", over | {"out_dir": str(smoke_lm)})
     # kill the run (an exception, as a stand-in for SIGKILL) at step 25, past the checkpoint at step 20
     real = Trainer.log_row
 
@@ -71,15 +69,22 @@ def test_resume_after_interruption_is_bit_identical(smoke_lm, monkeypatch):
 
     monkeypatch.setattr(Trainer, "log_row", boom)
     with pytest.raises(Interrupt):
-        train_run(cfg2, "l0a_3", progress=False)
+        train_run(cfg, "l0a_2", progress=False)
     monkeypatch.setattr(Trainer, "log_row", real)
-    folder = train_run(cfg2, "l0a_3", resume=True, progress=False)
+    folder = train_run(cfg, "l0a_2", resume=True, progress=False)
     got = SAE.load(folder).state_dict()
     for k in want_w:
         assert torch.equal(want_w[k], got[k]), k
     got_rows = pd.read_csv(folder / "metrics.csv")
     cols = [c for c in want_rows.columns if c != "seconds"]
     pd.testing.assert_frame_equal(want_rows[cols], got_rows[cols])
+
+
+def test_runs_start_from_different_initialisations(smoke_lm):
+    cfg = load_profile("smoke", {"out_dir": str(smoke_lm)})
+    a, b = Trainer(cfg, "l0a_1", progress=False), Trainer(cfg, "ref_l1", progress=False)
+    assert not torch.equal(a.sae.W_dec, b.sae.W_dec)
+    assert torch.equal(a.sae.W_dec, Trainer(cfg, "l0a_1", progress=False).sae.W_dec)
 
 
 def test_nan_stops_training_naming_step_term_and_checkpoint(smoke_lm, monkeypatch):
