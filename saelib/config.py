@@ -226,6 +226,8 @@ class ProfileConfig:
     """Fields of RunConfig shared by every run; each run may override them."""
     runs: dict = field(default_factory=dict)
     """Run name -> RunConfig fields that differ from run_defaults."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """SAE seeds: every run is trained once per seed; run `NAME` is the first seed, `NAME_s<k>` seed k."""
     reference_run: str = "ref_l1"
     """The run the figures treat as the L1 reference."""
     highlight_run: str = ""
@@ -235,11 +237,18 @@ class ProfileConfig:
         if not self.out_dir:
             self.out_dir = f"results/{self.name}"
         _check(bool(self.runs), "runs", "must name at least one run")
-        self._runs = {}
+        _check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), "seeds",
+               "must be a non-empty list of distinct integers")
+        self._runs, self._base = {}, {}
         for run_name, overrides in self.runs.items():
             _check(isinstance(overrides, dict) or overrides is None, f"runs.{run_name}", "must be a mapping")
+            _check("seed" not in (overrides or {}) and "seed" not in (self.run_defaults or {}), f"runs.{run_name}.seed",
+                   "seeds are set for every run by the top-level `seeds` list")
             merged = {**(self.run_defaults or {}), **(overrides or {})}
-            self._runs[str(run_name)] = from_dict(RunConfig, merged, f"runs.{run_name}")
+            for i, seed in enumerate(self.seeds):
+                name = str(run_name) if i == 0 else f"{run_name}_s{seed}"
+                self._runs[name] = from_dict(RunConfig, merged | {"seed": seed}, f"runs.{run_name}")
+                self._base[name] = str(run_name)
         _check(self.reference_run in self._runs, "reference_run",
                f"must be one of the runs: {sorted(self._runs)}")
         _check(not self.highlight_run or self.highlight_run in self._runs, "highlight_run",
@@ -252,7 +261,17 @@ class ProfileConfig:
 
     @property
     def run_names(self) -> list[str]:
+        """Every run, every seed."""
         return list(self._runs)
+
+    def base_run(self, name: str) -> str:
+        """The configuration a run belongs to (its name without the seed suffix)."""
+        self.run(name)
+        return self._base[name]
+
+    def replicates(self, base: str) -> list[str]:
+        """The runs of one configuration, one per seed."""
+        return [n for n, b in self._base.items() if b == base]
 
     @property
     def out(self) -> Path:

@@ -74,3 +74,15 @@ def test_cli_reports_config_error(capsys):
     assert main(["train", "--profile", "smoke", "--set", "train.nope=1"]) == 2
     err = capsys.readouterr().err
     assert "unknown key" in err and "Traceback" not in err
+
+
+def test_seeds_expand_every_run():
+    cfg = load_profile("smoke", {"seeds": [0, 3]})
+    assert "l0a_1" in cfg.run_names and "l0a_1_s3" in cfg.run_names
+    assert cfg.run("l0a_1_s3").seed == 3 and cfg.run("l0a_1").seed == 0
+    assert cfg.base_run("l0a_1_s3") == "l0a_1"
+    assert cfg.replicates("ref_l1") == ["ref_l1", "ref_l1_s3"]
+    with pytest.raises(ConfigError, match="seeds"):
+        load_profile("smoke", {"seeds": [1, 1]})
+    with pytest.raises(ConfigError, match="seed"):
+        load_profile("smoke", {"runs.l0a_1.seed": 2})
