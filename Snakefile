@@ -42,6 +42,8 @@ rule data:
         heldout=f"{OUT}/data/heldout.npy",
     log:
         f"{OUT}/logs/data.log",
+    benchmark:
+        f"{OUT}/benchmarks/data.tsv"
     shell:
         saelib("data") + " > {log} 2>&1"
 
@@ -53,6 +55,8 @@ rule lm:
         f"{OUT}/lm/info.json",
     log:
         f"{OUT}/logs/lm.log",
+    benchmark:
+        f"{OUT}/benchmarks/lm.tsv"
     threads: 2
     resources:
         gpu=GPU,
@@ -70,6 +74,8 @@ rule train:
         metrics=f"{OUT}/runs/{{run}}/metrics.csv",
     log:
         f"{OUT}/logs/train_{{run}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/train_{{run}}.tsv"
     threads: 2
     resources:
         gpu=GPU,
@@ -89,6 +95,8 @@ rule evaluate:
         f"{OUT}/runs/{{run}}/features.safetensors",
     log:
         f"{OUT}/logs/evaluate_{{run}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/evaluate_{{run}}.tsv"
     threads: 2
     resources:
         gpu=GPU,

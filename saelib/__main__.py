@@ -6,6 +6,9 @@
   evaluate  evaluate trained runs on held-out tokens (sparsities, MSEs, FVU, CE loss recovered)
   export    `python -m saelib export RUN_FOLDER --format sae-lens OUT_FOLDER [--force]`: a trained run in
             sae-lens's on-disk format (loadable with sae_lens.SAE.load_from_disk)
+  evaluate-released
+            evaluate a released sae-lens SAE (default: the paper's L1 reference, gpt2-small-res-jb) on the
+            profile's held-out tokens into runs/released_ref/ (Table 1 shows it when present)
 """
 
 from __future__ import annotations
@@ -34,6 +37,14 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--run", default="all", help="run name from the profile's `runs` (default: all)")
         if name == "train":
             s.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint if any")
+    r = sub.add_parser("evaluate-released", help="evaluate a released sae-lens SAE into runs/released_ref")
+    r.add_argument("--profile", default="paper", help="profile name in config/ or a YAML path (default: paper)")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value by dotted path (repeatable)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--source", default=None, metavar="RELEASE_OR_FOLDER",
+                   help="an sae-lens release (with --sae-id) or folder; default: the paper's reference release")
+    r.add_argument("--sae-id", default=None, help="SAE id inside the release")
     e = sub.add_parser("export", help="export a trained run (sae-lens format)")
     e.add_argument("run_folder", metavar="RUN_FOLDER", help="a run folder, e.g. results/tiny/runs/l0a_3")
     e.add_argument("--format", required=True, choices=["sae-lens"], help="output format")
@@ -110,6 +121,33 @@ def cmd_export(args) -> dict:
     return {"format": args.format, "run": args.run_folder, "out": str(out)}
 
 
+def cmd_evaluate_released(cfg, args) -> dict:
+    from .evaluate import evaluate_sae
+    from .export import REFERENCE_RELEASE, load_sae_lens
+    from .io import atomic_write_json, save_safetensors
+    from .lm import check_hook, load_lm, pick_device
+    from .results import RELEASED_RUN
+
+    source, sae_id = (args.source, args.sae_id) if args.source else REFERENCE_RELEASE
+    device = pick_device(cfg.train.device)
+    t0 = time.time()
+    model, _ = load_lm(cfg, device)
+    check_hook(model, cfg.activations.hook)
+    sae = load_sae_lens(source, sae_id, device=str(device))
+    ref = cfg.run(cfg.reference_run)
+    result, stats = evaluate_sae(model, sae, cfg, ref.eps, not args.no_progress)
+    folder = cfg.out / "runs" / RELEASED_RUN
+    folder.mkdir(parents=True, exist_ok=True)
+    save_safetensors({"sparsity": stats.sparsity().cpu(), "max_act": stats.max_act_F.cpu()},
+                     folder / "features.safetensors")
+    label = f"released reference ({source})" if sae_id is None else f"released reference ({source}/{sae_id})"
+    result = {"run": RELEASED_RUN, "label": label, "sparsity_term": "l1", "lambda_sparsity": ref.lambda_sparsity,
+              "source": str(source), "sae_id": sae_id, "d_sae": sae.d_sae, **result,
+              "eval_seconds": round(time.time() - t0, 2)}
+    atomic_write_json(folder / "eval.json", result)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from .text import HubUnreachableError
@@ -122,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                 result = cmd_export(args)
             else:
                 cfg = load_profile(args.profile, args.overrides)
-                cmd = {"data": cmd_data, "lm": cmd_lm, "train": cmd_train, "evaluate": cmd_evaluate}[args.command]
+                cmd = {"data": cmd_data, "lm": cmd_lm, "train": cmd_train, "evaluate": cmd_evaluate,
+                       "evaluate-released": cmd_evaluate_released}[args.command]
                 result = cmd(cfg, args)
     except (ConfigError, FileNotFoundError, HubUnreachableError, TrainingDiverged, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

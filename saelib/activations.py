@@ -111,7 +111,9 @@ class ActivationBuffer:
         n_seq = -(-n_tokens // ctx)
         chunks = [self.buf_ND.new_empty(0, self.buf_ND.shape[1])]
         for i in range(0, n_seq, per):
-            toks = torch.as_tensor(self.stream.next(min(per, n_seq - i)), device=self.device)
+            toks = torch.from_numpy(self.stream.next(min(per, n_seq - i)))
+            if self.device.type == "cuda":  # pinned host memory: the copy overlaps with GPU work
+                toks = toks.pin_memory().to(self.device, non_blocking=True)
             chunks.append(hook_activations(self.model, toks, self.hook).reshape(-1, self.buf_ND.shape[1]))
         return torch.cat(chunks)
 

@@ -132,6 +132,10 @@ class TrainConfig:
     """Steps between checkpoints."""
     device: str = "auto"
     """`auto` (CUDA when present), `cpu` or `cuda[:N]`."""
+    tf32: bool = True
+    """CUDA only: TF32 tensor cores for float32 matrix products (about 10 bits of mantissa)."""
+    autocast_bf16: bool = False
+    """CUDA only: run the SAE's forward pass under bfloat16 autocast (weights and Adam stay float32)."""
 
     def __post_init__(self):
         for k in ("tokens", "batch_tokens", "log_every", "checkpoint_every"):

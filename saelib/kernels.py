@@ -15,12 +15,18 @@ from __future__ import annotations
 import torch
 
 
+def colsum(x_BF: torch.Tensor) -> torch.Tensor:
+    """Sum over the batch as a matrix-vector product: on CPU, BLAS does this ~10x faster than
+    torch's column reduction (`x.sum(0)`), and on GPU it is as fast."""
+    return (x_BF.new_ones(1, x_BF.shape[0]) @ x_BF).squeeze(0)
+
+
 class ReluRatio(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pre_BF: torch.Tensor, eps: float):
         f_BF = torch.relu(pre_BF)
         denom_BF = f_BF + eps
-        colsum_F = torch.div(f_BF, denom_BF).sum(0)
+        colsum_F = colsum(torch.div(f_BF, denom_BF))
         ctx.save_for_backward(f_BF, denom_BF)
         ctx.eps = eps
         return f_BF, colsum_F

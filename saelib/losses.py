@@ -11,6 +11,7 @@ from typing import NamedTuple
 import torch
 
 from .config import RunConfig
+from .kernels import colsum
 from .sae import SAEOutput
 from .sparsity import SparsityTracker
 
@@ -123,11 +124,11 @@ def sae_loss(run: RunConfig, sae, x_BD: torch.Tensor, out: SAEOutput, tracker: S
     mse = legacy_mse(out.x_hat_BD, x_BD)
     ratio_sum_F = out.ratio_sum_F
     if ratio_sum_F is None and needs_ratio(run):
-        ratio_sum_F = (f / (f + run.eps)).sum(0)
+        ratio_sum_F = colsum(f / (f + run.eps))
     s_hat_F = ratio_sum_F / n_b if ratio_sum_F is not None else None  # s_hat_f = (1/n_b) sum_b a/(a+eps)
 
     with torch.no_grad():
-        fired_F = torch.count_nonzero(f, dim=0)
+        fired_F = colsum((f > 0).to(f.dtype))  # firing count per feature
         value_F = s_hat_F.detach() if run.rolling_source == "s_hat" else fired_F.to(f.dtype) / n_b
         tracker.update(value_F, fired_F > 0)
 

@@ -75,6 +75,9 @@ class Trainer:
         self.folder = run_folder(cfg, run_name)
         self.ckpt_dir = self.folder / "checkpoints"
         self.device = pick_device(cfg.train.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
+            torch.backends.cudnn.allow_tf32 = cfg.train.tf32
         self.model, _ = load_lm(cfg, self.device)
         check_hook(self.model, cfg.activations.hook)
         for p in self.model.parameters():
@@ -87,6 +90,7 @@ class Trainer:
         self.tracker = SparsityTracker(self.sae.d_sae, self.window, self.device)
         t = cfg.train
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2))
+        self.autocast = self.device.type == "cuda" and cfg.train.autocast_bf16
         self.step = 0
         self.rows: list[dict] = []
         self.seconds = 0.0  # training time before this process (resumed runs)
@@ -175,8 +179,9 @@ class Trainer:
             lr = self.lr_at(self.step)
             for g in self.opt.param_groups:
                 g["lr"] = lr
-            out = self.sae(x, eps=run.eps if needs_ratio(run) else None)
-            terms = sae_loss(run, self.sae, x, out, self.tracker)
+            with torch.autocast("cuda", torch.bfloat16, enabled=self.autocast):
+                out = self.sae(x, eps=run.eps if needs_ratio(run) else None)
+                terms = sae_loss(run, self.sae, x, out, self.tracker)
             self.check_finite(x, terms)
             self.opt.zero_grad(set_to_none=True)
             terms.total.backward()

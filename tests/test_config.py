@@ -15,8 +15,10 @@ def test_profiles_load(profile):
 
 def test_paper_profile_matches_the_post():
     cfg = load_profile("paper")
-    lams = sorted(cfg.run(r).lambda_sparsity for r in cfg.run_names if r.startswith("l0a"))
+    new_saes = [r for r in cfg.run_names if cfg.run(r).sparsity == "l0approx" and cfg.run(r).lambda_min > 0]
+    lams = sorted(cfg.run(r).lambda_sparsity for r in new_saes)
     assert lams == [3e-5, 4e-5, 5e-5, 7e-5, 9e-5]
+    assert cfg.seeds == [0]  # one seed on the GPU profile (configurable)
     new = cfg.run("l0a_5e-5")
     assert (new.eps, new.s_min, new.lambda_min, new.pre_encoder_bias) == (0.2, 1e-5, 1e-6, False)
     ref = cfg.run("ref_l1")

@@ -156,3 +156,23 @@ def test_loaded_sae_lens_sae_evaluates_like_ours(smoke_lm, tmp_path):
     for k in ours:
         assert theirs[k] == pytest.approx(ours[k], rel=1e-5, abs=1e-6), k
     assert json.loads((tmp_path / "export" / SAE_LENS_CFG).read_text())["metadata"]["saelib_run"]["hook"] == HOOK
+
+
+def test_evaluate_released_writes_the_table1_row(smoke_lm, tmp_path, capsys):
+    """`evaluate-released` on an sae-lens folder: eval.json and features.safetensors under runs/released_ref
+    (where Table 1 looks for the released reference's row)."""
+    from saelib.results import RELEASED_RUN
+
+    out = tmp_path / "res"
+    out.mkdir()
+    for sub in ("data", "lm"):
+        (out / sub).symlink_to(smoke_lm / sub)
+    make_run(tmp_path / "runs" / "r", True, d_in=64, d_sae=64)
+    export_run(tmp_path / "runs" / "r", tmp_path / "export")
+    over = ["--set", f"out_dir={out}", "--set", "eval.tokens=1024"]
+    assert main(["evaluate-released", "--profile", "smoke", "--source", str(tmp_path / "export"), *over,
+                 "--no-progress"]) == 0
+    ev = json.loads((out / "runs" / RELEASED_RUN / "eval.json").read_text())
+    assert ev["run"] == RELEASED_RUN and ev["tokens"] == 1024 and 0 <= ev["dead"] <= 64
+    assert (out / "runs" / RELEASED_RUN / "features.safetensors").exists()
+    capsys.readouterr()

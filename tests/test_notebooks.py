@@ -15,6 +15,8 @@ def test_every_figure_and_the_table_has_a_notebook():
     names = {p.stem for p in NOTEBOOKS}
     assert {f"fig0{i}" for i in range(1, 10)} <= {n[:5] for n in names}
     assert "table01_summary" in names
+    # beyond the post: ablations, feature matching, high-density features
+    assert {"fig10_ablations_l0_vs_mse", "table02_ablations", "fig11_feature_matching", "fig12_high_density"} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

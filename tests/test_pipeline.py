@@ -15,15 +15,32 @@ from saelib.config import load_profile
 from saelib.sae import SAE
 
 
+def _one_per_family(cfg) -> list[str]:
+    """The reference, the highlighted run and its second seed, and the first run of every other loss family:
+    every kind of run the profile has, without training all of them twice in one test session (`make test`
+    builds every smoke run through Snakemake already)."""
+    from saelib.results import open_study
+
+    study = open_study("smoke", overrides=f"out_dir={cfg.out_dir}")
+    runs = [cfg.reference_run, cfg.highlight_run, study.other_seed(cfg.highlight_run)]
+    for c in study.configurations:
+        if study.family(c) not in {study.family(r) for r in runs}:
+            runs.append(c)
+    return runs
+
+
 def test_smoke_pipeline_end_to_end(smoke_lm):
     out = smoke_lm
     over = ["--set", f"out_dir={out}", "--no-progress"]
-    assert main(["train", "--profile", "smoke", *over]) == 0
-    assert main(["evaluate", "--profile", "smoke", *over]) == 0
     cfg = load_profile("smoke", {"out_dir": str(out)})
+    runs = _one_per_family(cfg)
+    assert len(runs) == 6
+    for run in runs:
+        assert main(["train", "--profile", "smoke", "--run", run, *over]) == 0
+        assert main(["evaluate", "--profile", "smoke", "--run", run, *over]) == 0
     lm = json.loads((out / "lm" / "info.json").read_text())
     assert lm["heldout_loss_nats"] < lm["heldout_unigram_entropy_nats"] + 0.5  # 30 steps: near unigram
-    for run in cfg.run_names:
+    for run in runs:
         folder = out / "runs" / run
         ev = json.loads((folder / "eval.json").read_text())
         for k in ("l0", "mse_legacy", "mse", "fvu", "l1", "dead", "dead_pct", "dense_gt_0.1", "dense_gt_0.2",

@@ -98,13 +98,55 @@ def test_missing_artifact_names_the_command(tmp_path):
 
 def test_summary_table_columns_and_values(fake_study):
     table = results.summary_table(fake_study)
-    assert list(table.columns) == list(results.TABLE_COLUMNS)
-    assert list(table.index) == fake_study.runs
+    spread = [c for m in results.TABLE1_METRICS for c in (m, m + results.SPREAD)]
+    assert list(table.columns) == ["label", "lambda_sparsity", "seeds", *spread, "reference"]
+    assert list(table.index) == fake_study.main_runs
     assert table.reference.sum() == 1 and table.reference[fake_study.reference]
-    first = table.iloc[0]
-    assert (first.l0, first.mse_legacy, first.dead, first["dense_gt_0.1"]) == (10.0, 0.01, 0, 0)
+    first = table.iloc[0]  # l0a_1 (i = 0) and l0a_1_s1 (i = 1): mean and sample std of the two seeds
+    assert first.seeds == 2
+    assert (first.l0, first.mse_legacy, first.dead, first["dense_gt_0.1"]) == pytest.approx((10.5, 0.015, 0.5, 1.0))
+    assert first.l0_std == pytest.approx(2 ** -0.5)
     assert first.label == fake_study.labels[fake_study.runs[0]]
     assert first.lambda_sparsity == fake_study.cfg.run(fake_study.runs[0]).lambda_sparsity
+
+
+def test_summary_table_adds_the_released_reference(fake_study):
+    folder = fake_study.results / "runs" / results.RELEASED_RUN
+    folder.mkdir(parents=True)
+    ev = json.loads((fake_study.results / "runs" / "ref_l1" / "eval.json").read_text()) | {"label": "released"}
+    (folder / "eval.json").write_text(json.dumps(ev))
+    table = results.summary_table(fake_study)
+    assert table.index[-1] == results.RELEASED_RUN and table.label.iloc[-1] == "released"
+    assert np.isnan(table.l0_std.iloc[-1])
+
+
+def test_families_and_ablation_table(fake_study):
+    fams = {fake_study.family(c) for c in fake_study.configurations}
+    assert fams == set(results.FAMILIES)
+    assert fake_study.family("ref_l1_s1") == results.REFERENCE_FAMILY
+    table = results.ablation_table(fake_study)
+    assert list(table.index) == sorted(fake_study.configurations, key=lambda c: (
+        results.FAMILIES.index(fake_study.family(c)), fake_study.cfg.run(c).lambda_sparsity))
+    assert (table.seeds == 2).all()
+    verdict = results.ablation_verdict(table)
+    assert len(verdict.splitlines()) == 3 and "the L0 function" in verdict
+
+
+def test_matching_pairs_use_the_other_seed():
+    study = results.open_study("smoke")
+    pairs = results.matching_pairs(study)
+    assert pairs == {"new vs reference": ("l0a_3", "ref_l1"),
+                     "reference vs reference, other seed": ("ref_l1", "ref_l1_s1"),
+                     "new vs new, other seed": ("l0a_3", "l0a_3_s1")}
+    assert list(results.matching_pairs(results.open_study("paper"))) == ["new vs reference"]
+
+
+def test_matched_l0_interpolates_in_log_l0():
+    t = pd.DataFrame({"family": ["a", "b", "b"], "label": ["x", "y", "z"], "l0": [20.0, 10.0, 40.0],
+                      "dead": [1.0, 0.0, 8.0]})
+    m = results.matched_l0(t, "a", "b", "dead")
+    assert m["b"].iloc[0] == pytest.approx(4.0)  # log 20 is halfway between log 10 and log 40
+    assert results.matched_l0(t.assign(l0=[100.0, 10.0, 40.0]), "a", "b", "dead").empty
 
 
 def test_write_table_csv_and_markdown(fake_study, tmp_path):
@@ -113,8 +155,9 @@ def test_write_table_csv_and_markdown(fake_study, tmp_path):
     back = pd.read_csv(csv, index_col=0)
     pd.testing.assert_frame_equal(back, table, check_dtype=False, check_index_type=False)
     lines = md.read_text().splitlines()
-    assert lines[0].startswith("| run | λ | L0 | MSE (legacy) | MSE | FVU | dead | dead % |")
-    assert len(lines) == 2 + len(fake_study.runs)
+    assert lines[0].startswith("| run | λ | seeds | L0 | MSE (legacy) | MSE | FVU | dead | dead % |")
+    assert len(lines) == 2 + len(fake_study.main_runs)
+    assert " ± " in lines[2]  # mean ± seed spread
     assert lines[-1].endswith("| ✓ |")  # the reference is the last run of the smoke profile
     assert not list((tmp_path / "figs").glob(".*.tmp"))  # atomic writes leave no temporaries
 
@@ -123,11 +166,13 @@ def test_compare_tables_within_tolerance(fake_study):
     table = results.summary_table(fake_study)
     recorded = table.copy()
     assert results.compare_tables(table, recorded).startswith(f"{table.size} values agree")
-    recorded.loc[fake_study.runs[1], "l0"] *= 1.02  # inside 5 %
-    recorded.loc[fake_study.runs[1], "dead"] += 3  # inside 8 features
+    runs = fake_study.main_runs
+    recorded.loc[runs[1], "l0"] *= 1.02  # inside 5 %
+    recorded.loc[runs[1], "dead"] += 3  # inside 8 features
+    recorded.loc[runs[1], "l0_std"] += 0.01 * recorded.loc[runs[1], "l0"]  # a spread: within 5 % of the mean
     assert "agree" in results.compare_tables(table, recorded)
-    recorded.loc[fake_study.runs[2], "fvu"] *= 1.2
-    recorded.loc[fake_study.runs[0], "label"] = "other"
+    recorded.loc[runs[2], "fvu"] *= 1.2
+    recorded.loc[runs[0], "label"] = "other"
     verdict = results.compare_tables(table, recorded)
     assert verdict.startswith("2 value(s) differ") and "fvu" in verdict and "label" in verdict
     assert "runs or columns differ" in results.compare_tables(table, recorded.iloc[:-1])
