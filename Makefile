@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make figures [PROFILE=tiny|smoke|paper]   every artifact and figure of a profile, through Snakemake
+#   make figures [PROFILE=tiny|smoke|paper]   every artifact and figure of a profile, through Snakemake (CORES=2)
 #   make test                                   the test suite (unit, pipeline on `smoke`, notebooks)
 #   make notebooks                              re-execute paper_nbs/ on `smoke` and strip them for committing
 PROFILE ?= tiny
@@ -8,7 +8,7 @@ VENV ?= .venv
 # torch 2.13.0: a CPU build on machines without CUDA wheels in reach, the CUDA build elsewhere.
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
-CORES ?= 1
+CORES ?= 2
 
 .PHONY: figures test notebooks install clean-results
 
