@@ -33,7 +33,7 @@ test: $(BIN)/.installed
 # only in cells tagged keep_output, which are also the cells nbval compares; cell tags are never stripped.
 NBSTRIP_KEYS := metadata.papermill cell.metadata.papermill metadata.jupytext metadata.language_info.version
 notebooks: $(BIN)/.installed
-	$(BIN)/snakemake --cores $(CORES) --config profile=smoke --until evaluate
+	$(BIN)/snakemake --cores $(CORES) evaluated --config profile=smoke
 	$(BIN)/jupyter execute --inplace paper_nbs/*.ipynb
 	$(BIN)/nbstripout --keep-count --extra-keys "$(NBSTRIP_KEYS)" paper_nbs/*.ipynb
 

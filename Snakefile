@@ -36,6 +36,12 @@ rule all:
         NOTEBOOK_OUTPUTS,
 
 
+# Every run trained and evaluated, no notebooks: `snakemake --cores 2 evaluated --config profile=...`
+rule evaluated:
+    input:
+        expand(f"{OUT}/runs/{{run}}/eval.json", run=RUNS),
+
+
 rule data:
     output:
         info=f"{OUT}/data/info.json",
@@ -65,41 +71,48 @@ rule lm:
         saelib("lm") + " > {log} 2>&1"
 
 
-rule train:
-    input:
-        rules.lm.output,
-    output:
-        weights=f"{OUT}/runs/{{run}}/sae.safetensors",
-        cfg=f"{OUT}/runs/{{run}}/cfg.json",
-        metrics=f"{OUT}/runs/{{run}}/metrics.csv",
-    log:
-        f"{OUT}/logs/train_{{run}}.log",
-    benchmark:
-        f"{OUT}/benchmarks/train_{{run}}.tsv"
-    threads: 2
-    resources:
-        gpu=GPU,
-        mem_mb=16000 if GPU else 8000,
-        runtime=720 if GPU else 60,
-    # --resume: a pre-empted job continues from its last checkpoint when rerun
-    shell:
-        saelib("train") + " --run {wildcards.run} --resume > {log} 2>&1"
+# Training and evaluation run in groups (train.runs_per_process; tiny and smoke: every run in one group):
+# one process per group computes each batch of activations once for all of its SAEs.
+for _i, _group in enumerate(CFG.run_groups):
 
+    rule:
+        name:
+            f"train_{_i}"
+        input:
+            rules.lm.output,
+        output:
+            expand(f"{OUT}/runs/{{run}}/{{file}}", run=_group, file=["sae.safetensors", "cfg.json", "metrics.csv"]),
+        log:
+            f"{OUT}/logs/train_{_i}.log",
+        benchmark:
+            f"{OUT}/benchmarks/train_{_i}.tsv"
+        threads: 2
+        resources:
+            gpu=GPU,
+            mem_mb=(16000 if GPU else 8000),
+            runtime=(720 if GPU else 60) * len(_group),
+        params:
+            runs=",".join(_group),
+        # --resume: a pre-empted job continues from the group's last checkpoint when rerun
+        shell:
+            saelib("train") + " --run {params.runs} --resume > {log} 2>&1"
 
-rule evaluate:
-    input:
-        rules.train.output.weights,
-        rules.train.output.metrics,
-    output:
-        f"{OUT}/runs/{{run}}/eval.json",
-        f"{OUT}/runs/{{run}}/features.safetensors",
-    log:
-        f"{OUT}/logs/evaluate_{{run}}.log",
-    benchmark:
-        f"{OUT}/benchmarks/evaluate_{{run}}.tsv"
-    threads: 2
-    resources:
-        gpu=GPU,
-        mem_mb=8000,
-    shell:
-        saelib("evaluate") + " --run {wildcards.run} > {log} 2>&1"
+    rule:
+        name:
+            f"evaluate_{_i}"
+        input:
+            expand(f"{OUT}/runs/{{run}}/{{file}}", run=_group, file=["sae.safetensors", "metrics.csv"]),
+        output:
+            expand(f"{OUT}/runs/{{run}}/{{file}}", run=_group, file=["eval.json", "features.safetensors"]),
+        log:
+            f"{OUT}/logs/evaluate_{_i}.log",
+        benchmark:
+            f"{OUT}/benchmarks/evaluate_{_i}.tsv"
+        threads: 2
+        resources:
+            gpu=GPU,
+            mem_mb=8000,
+        params:
+            runs=",".join(_group),
+        shell:
+            saelib("evaluate") + " --run {params.runs} > {log} 2>&1"

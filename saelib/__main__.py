@@ -34,7 +34,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="override a config value by dotted path, e.g. train.tokens=200000 (repeatable)")
         s.add_argument("--no-progress", action="store_true", help="no progress bars")
         if name in ("train", "evaluate"):
-            s.add_argument("--run", default="all", help="run name from the profile's `runs` (default: all)")
+            s.add_argument("--run", default="all",
+                           help="run name(s) from the profile, comma-separated, trained/evaluated together in one "
+                                "process on one activation stream (default: all, in groups of "
+                                "train.runs_per_process)")
         if name == "train":
             s.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint if any")
     r = sub.add_parser("evaluate-released", help="evaluate a released sae-lens SAE into runs/released_ref")
@@ -92,26 +95,34 @@ def cmd_lm(cfg, args) -> dict:
     return {k: v for k, v in info.items() if k != "log"}
 
 
-def _runs(cfg, args) -> list[str]:
+def _groups(cfg, args) -> list[list[str]]:
     if args.run == "all":
-        return cfg.run_names
-    cfg.run(args.run)  # raises ConfigError listing the valid runs
-    return [args.run]
+        return cfg.run_groups
+    names = [n.strip() for n in args.run.split(",") if n.strip()]
+    for n in names:
+        cfg.run(n)  # raises ConfigError listing the valid runs
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--run names a run twice: {args.run}")
+    return [names]
 
 
 def cmd_train(cfg, args) -> dict:
-    from .train import train_run
+    from .train import train_runs
 
     out = {}
-    for name in _runs(cfg, args):
-        out[name] = str(train_run(cfg, name, resume=args.resume, progress=not args.no_progress))
+    for group in _groups(cfg, args):
+        folders = train_runs(cfg, group, resume=args.resume, progress=not args.no_progress)
+        out |= {name: str(f) for name, f in zip(group, folders)}
     return out
 
 
 def cmd_evaluate(cfg, args) -> dict:
-    from .evaluate import evaluate_run
+    from .evaluate import evaluate_runs
 
-    return {name: evaluate_run(cfg, name, progress=not args.no_progress) for name in _runs(cfg, args)}
+    out = {}
+    for group in _groups(cfg, args):
+        out |= evaluate_runs(cfg, group, progress=not args.no_progress)
+    return out
 
 
 def cmd_export(args) -> dict:
@@ -150,7 +161,9 @@ def cmd_evaluate_released(cfg, args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from .kernels import keep_freed_memory
     from .text import HubUnreachableError
+    keep_freed_memory()
     from .train import TrainingDiverged
 
     try:

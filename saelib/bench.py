@@ -22,10 +22,11 @@ from pathlib import Path
 
 import torch
 
-from .config import RunConfig
-from .losses import sae_loss
+from .config import RunConfig, TrainConfig
+from .kernels import keep_freed_memory
 from .sae import SAE
 from .sparsity import SparsityTracker
+from .train import make_optimizer, train_step
 
 RESULTS = Path(__file__).resolve().parent.parent / "bench" / "RESULTS.md"
 
@@ -62,20 +63,13 @@ def timeit(fn, device, iters: int) -> float:
 # ---- a. the training step ----
 
 def saelib_step(D: int, F: int, B: int, device, dtype=torch.float32):
+    """The trainer's own step (train.train_step, train.make_optimizer) on random activations."""
     run = RunConfig(sparsity="l0approx", lambda_sparsity=5e-5, lambda_min=1e-6)
     sae = SAE(D, F).to(device, dtype)
     tracker = SparsityTracker(F, run.window(B), device)
-    opt = torch.optim.Adam(sae.parameters(), lr=4e-4)
+    opt = make_optimizer(sae, TrainConfig(lr=4e-4))
     x = torch.randn(B, D, device=device, dtype=dtype) * 10
-
-    def step():
-        terms = sae_loss(run, sae, x, sae(x, eps=run.eps), tracker)
-        opt.zero_grad(set_to_none=True)
-        terms.total.backward()
-        sae.project_decoder_grad_()
-        opt.step()
-        sae.normalize_decoder_()
-    return step
+    return lambda: train_step(run, sae, tracker, opt, x)
 
 
 def sae_lens_step(D: int, F: int, B: int, device, dtype=torch.float32):
@@ -179,8 +173,8 @@ def bench_acts(device, quick: bool) -> list[str]:
 
 # ---- d. workflow rules ----
 
-def bench_rules(profile: str) -> list[str]:
-    folder = Path("results") / profile / "benchmarks"
+def bench_rules(profile: str, folder: Path | None = None) -> list[str]:
+    folder = folder or Path("results") / profile / "benchmarks"
     files = sorted(folder.glob("*.tsv"))
     if not files:
         return [f"(no Snakemake benchmark files under {folder}: run `make figures PROFILE={profile}` first)"]
@@ -211,6 +205,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer trials and smaller CPU batches")
     p.add_argument("--no-record", action="store_true", help="print only; do not append to bench/RESULTS.md")
     args = p.parse_args(argv)
+    keep_freed_memory()  # as the training CLI does
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     print(machine(), flush=True)

@@ -136,6 +136,9 @@ class TrainConfig:
     """CUDA only: TF32 tensor cores for float32 matrix products (about 10 bits of mantissa)."""
     autocast_bf16: bool = False
     """CUDA only: run the SAE's forward pass under bfloat16 autocast (weights and Adam stay float32)."""
+    runs_per_process: int = 0
+    """SAEs trained together by one process on one shared activation stream (0: every run of the profile).
+    Each batch of activations is computed once for all of them; each run's result is the same as alone."""
 
     def __post_init__(self):
         for k in ("tokens", "batch_tokens", "log_every", "checkpoint_every"):
@@ -143,6 +146,7 @@ class TrainConfig:
         _check(self.tokens >= self.batch_tokens, "train.tokens", "must be >= train.batch_tokens")
         _check(self.lr > 0, "train.lr", "must be > 0")
         _check(self.lr_warmup_steps >= 0, "train.lr_warmup_steps", "must be >= 0")
+        _check(self.runs_per_process >= 0, "train.runs_per_process", "must be >= 0 (0: all runs in one process)")
         _check(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "train.adam_beta1/2", "must be in [0, 1)")
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                "train.device", "must be `auto`, `cpu` or `cuda[:N]`")
@@ -267,6 +271,12 @@ class ProfileConfig:
     def run_names(self) -> list[str]:
         """Every run, every seed."""
         return list(self._runs)
+
+    @property
+    def run_groups(self) -> list[list[str]]:
+        """Runs in training order, split into the groups that share one process (train.runs_per_process)."""
+        names, k = self.run_names, self.train.runs_per_process or len(self._runs)
+        return [names[i:i + k] for i in range(0, len(names), k)]
 
     def base_run(self, name: str) -> str:
         """The configuration a run belongs to (its name without the seed suffix)."""

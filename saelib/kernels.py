@@ -7,7 +7,7 @@ gradient reaching those sums is one value per feature (v_f), so
     forward:   f = ReLU(pre),   colsum_f = sum_b f/(f+eps)
     backward:  d pre = [f > 0] * (d f + v_f * eps/(f+eps)^2)
 
-takes ~4 passes forward and ~4 backward.
+takes ~4 passes forward and 3 backward.
 """
 
 from __future__ import annotations
@@ -35,15 +35,40 @@ class ReluRatio(torch.autograd.Function):
     def backward(ctx, grad_f_BF, grad_colsum_F):
         f_BF, denom_BF = ctx.saved_tensors
         if grad_colsum_F is None:
-            g = grad_f_BF.clone() if grad_f_BF is not None else torch.zeros_like(f_BF)
+            g = grad_f_BF if grad_f_BF is not None else torch.zeros_like(f_BF)
         else:
-            # v_f * eps / (f+eps)^2, then + d f, computed in place in one buffer
-            g = denom_BF.square().reciprocal_().mul_(grad_colsum_F * ctx.eps)
-            if grad_f_BF is not None:
-                g.add_(grad_f_BF)
-        return g.masked_fill_(f_BF <= 0, 0.0), None
+            # d f + v_f * eps / (f+eps)^2: one squaring pass, one fused add-divide pass
+            v_F = grad_colsum_F * ctx.eps
+            sq_BF = denom_BF.square()
+            if grad_f_BF is None:
+                g = sq_BF.reciprocal_().mul_(v_F)
+            else:
+                g = torch.addcdiv(grad_f_BF, v_F.expand_as(sq_BF), sq_BF)
+        # ReLU's backward (zero where f = 0), as one vectorised kernel
+        return torch.ops.aten.threshold_backward(g, f_BF, 0.0), None
 
 
 def relu_ratio(pre_BF: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(f = ReLU(pre), sum over the batch of f/(f+eps)) with a fused backward."""
     return ReluRatio.apply(pre_BF, eps)
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed memory for reuse instead of returning it to the OS (Linux only).
+
+    A training step allocates and frees a dozen (batch x d_sae) tensors of several MB; by default glibc maps
+    each with mmap and unmaps it on free, so every step page-faults its working set afresh. Serving them
+    from the heap and never trimming it made the tiny step ~20% faster on this package's 2-core CPU
+    (median 33 vs 39-51 ms). Called by the command-line entry points, not on import. Returns whether it
+    applied."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):  # not glibc (musl, ...): keep the default allocator
+        return False

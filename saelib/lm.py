@@ -80,7 +80,7 @@ def train_lm(cfg: ProfileConfig, train_seqs: np.ndarray, heldout_seqs: np.ndarra
         sched.step()
         if step % 50 == 0 or step == lm.train_steps - 1:
             bar.set_postfix(loss=f"{loss.item():.3f}")
-            rows.append({"step": step, "train_loss": float(loss), "seconds": time.time() - t0})
+            rows.append({"step": step, "train_loss": loss.item(), "seconds": time.time() - t0})
     model.eval()
     return model, rows
 

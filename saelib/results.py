@@ -304,28 +304,45 @@ def ablation_table(study: Study) -> pd.DataFrame:
     return table.loc[key.sort_values(kind="stable").index]
 
 
-def matched_l0(table: pd.DataFrame, family_a: str, family_b: str, metric: str) -> pd.DataFrame:
+def matched_l0(table: pd.DataFrame, family_a: str, family_b: str, metric: str, log_metric: bool = False
+               ) -> pd.DataFrame:
     """Family A's configurations whose mean L0 lies inside family B's L0 range, with A's metric and B's
-    interpolated at the same L0 (linear in log L0 between B's configurations). Empty when they don't overlap."""
+    interpolated at the same L0 (linear in log L0 between B's neighbouring configurations; with `log_metric`,
+    linear in log metric too, which suits error curves falling steeply with L0). Empty when they don't
+    overlap. Column `b_l0` gives the L0 of B's two configurations each value is interpolated between."""
     a = table[table.family == family_a].sort_values("l0")
     b = table[table.family == family_b].sort_values("l0")
     if len(b) < 2 or a.empty:
-        return pd.DataFrame(columns=["label", "l0", family_a, family_b])
+        return pd.DataFrame(columns=["label", "l0", family_a, family_b, "b_l0"])
     inside = a[(a.l0 >= b.l0.min()) & (a.l0 <= b.l0.max())]
-    other = np.interp(np.log(inside.l0), np.log(b.l0), b[metric])
-    return pd.DataFrame({"label": inside.label, "l0": inside.l0, family_a: inside[metric], family_b: other})
+    bl0, bm = np.log(b.l0.to_numpy()), b[metric].to_numpy(dtype=float)
+    x = np.log(inside.l0.to_numpy())
+    other = np.exp(np.interp(x, bl0, np.log(bm))) if log_metric else np.interp(x, bl0, bm)
+    hi = np.clip(np.searchsorted(bl0, x), 1, len(bl0) - 1)
+    span = [f"{b.l0.iloc[i - 1]:.3g}-{b.l0.iloc[i]:.3g}" for i in hi]
+    return pd.DataFrame({"label": inside.label, "l0": inside.l0, family_a: inside[metric], family_b: other,
+                         "b_l0": span})
+
+
+ABLATION_QUESTIONS = [
+    # (question, family A, family B, metric, what "better" means); A is asked whether it beats B
+    ("the L0 function", MAIN_FAMILY, "L1 + P_freq", "mse_legacy", "lower legacy MSE"),
+    ("the frequency penalty with L1", "L1 + P_freq", "plain L1", "dead", "fewer dead features"),
+    ("the frequency penalty with L0approx", MAIN_FAMILY, "L0approx only", "dead", "fewer dead features"),
+    ("the reference's recipe (pre-encoder bias, geometric-median b_dec, ghost grads) over the new SAEs' "
+     "architecture", REFERENCE_FAMILY, "plain L1", "mse_legacy", "lower legacy MSE"),
+]
 
 
 def ablation_verdict(table: pd.DataFrame) -> str:
-    """The ablation questions answered at matched L0, one line each: is it the L0 function (L0approx vs L1,
-    both with the frequency penalty: legacy MSE), and does the frequency penalty cut dead features (L1 + P_freq
-    vs plain L1, L0approx + P_freq vs L0approx only)?"""
-    questions = [("the L0 function", MAIN_FAMILY, "L1 + P_freq", "mse_legacy", "lower legacy MSE"),
-                 ("the frequency penalty with L1", "L1 + P_freq", "plain L1", "dead", "fewer dead features"),
-                 ("the frequency penalty with L0approx", MAIN_FAMILY, "L0approx only", "dead", "fewer dead features")]
+    """The ablation questions answered at matched L0, one line each (ABLATION_QUESTIONS): is it the L0
+    function (L0approx vs L1, both with the frequency penalty: legacy MSE), does the frequency penalty cut
+    dead features (L1 + P_freq vs plain L1, L0approx + P_freq vs L0approx only), and does the reference's
+    recipe beat plain L1 on the new SAEs' architecture? MSE is interpolated in log-log (error curves are
+    convex in L0, so a linear interpolation would favour A), dead counts linearly in log L0."""
     lines = []
-    for what, a, b, metric, better in questions:
-        m = matched_l0(table, a, b, metric)
+    for what, a, b, metric, better in ABLATION_QUESTIONS:
+        m = matched_l0(table, a, b, metric, log_metric=metric != "dead")
         if m.empty:
             ra = table[table.family == a].l0
             rb = table[table.family == b].l0
@@ -334,8 +351,10 @@ def ablation_verdict(table: pd.DataFrame) -> str:
             continue
         wins = int((m[a] < m[b]).sum())
         verdict = "yes" if wins == len(m) else "no" if wins == 0 else "mixed"
-        lines.append(f"{what}: {verdict} - {a} has {better} than {b} at {wins} of {len(m)} matched L0 "
-                     f"(mean {metric} {m[a].mean():.4g} against {m[b].mean():.4g})")
+        pairs = ", ".join(f"L0 {l0:.3g}: {va:.4g} vs {vb:.4g} (B between L0 {sp})"
+                          for l0, va, vb, sp in zip(m.l0, m[a], m[b], m.b_l0))
+        lines.append(f"{what}: {verdict} - {a} has {better} than {b} at {wins} of {len(m)} matched L0; "
+                     f"{metric}: {pairs}")
     return "\n".join(lines)
 
 

@@ -91,7 +91,8 @@ class SAE(nn.Module):
         if self.W_dec.grad is None:
             return
         g, w = self.W_dec.grad, self.W_dec
-        g.sub_((g * w).sum(dim=1, keepdim=True) * w)
+        dot_F1 = torch.einsum("fd,fd->f", g, w).unsqueeze(1)  # row-wise g . w, no (F, D) temporary
+        g.addcmul_(dot_F1, w, value=-1.0)
 
     # ---- files ----
 

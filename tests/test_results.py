@@ -129,7 +129,7 @@ def test_families_and_ablation_table(fake_study):
         results.FAMILIES.index(fake_study.family(c)), fake_study.cfg.run(c).lambda_sparsity))
     assert (table.seeds == 2).all()
     verdict = results.ablation_verdict(table)
-    assert len(verdict.splitlines()) == 3 and "the L0 function" in verdict
+    assert len(verdict.splitlines()) == len(results.ABLATION_QUESTIONS) and "the L0 function" in verdict
 
 
 def test_matching_pairs_use_the_other_seed():
@@ -146,7 +146,21 @@ def test_matched_l0_interpolates_in_log_l0():
                       "dead": [1.0, 0.0, 8.0]})
     m = results.matched_l0(t, "a", "b", "dead")
     assert m["b"].iloc[0] == pytest.approx(4.0)  # log 20 is halfway between log 10 and log 40
+    assert m["b_l0"].iloc[0] == "10-40"
+    # with log_metric: geometric, 2 at the halfway point between 1 and 4
+    t2 = t.assign(dead=[1.0, 1.0, 4.0])
+    assert results.matched_l0(t2, "a", "b", "dead", log_metric=True)["b"].iloc[0] == pytest.approx(2.0)
     assert results.matched_l0(t.assign(l0=[100.0, 10.0, 40.0]), "a", "b", "dead").empty
+
+
+def test_verdict_reads_the_matched_values():
+    t = pd.DataFrame({"family": [results.MAIN_FAMILY, "L1 + P_freq", "L1 + P_freq"], "label": ["x", "y", "z"],
+                      "l0": [20.0, 10.0, 40.0], "mse_legacy": [0.01, 0.04, 0.01], "dead": [0.0, 1.0, 1.0]})
+    line = results.ablation_verdict(t).splitlines()[0]
+    assert line.startswith("the L0 function: yes") and "L0 20: 0.01 vs 0.02 (B between L0 10-40)" in line
+    worse = results.ablation_verdict(t.assign(mse_legacy=[0.03, 0.04, 0.01])).splitlines()[0]
+    assert worse.startswith("the L0 function: no")
+    assert "no matched L0" in results.ablation_verdict(t).splitlines()[1]
 
 
 def test_write_table_csv_and_markdown(fake_study, tmp_path):

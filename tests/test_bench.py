@@ -1,0 +1,25 @@
+"""The benchmark suite measures the trainer's real step and reads Snakemake's benchmark files (no speeds
+are asserted: these check that what is timed is what it claims to be)."""
+
+import torch
+
+from saelib.bench import bench_rules, floor_step, saelib_step
+
+
+def test_benchmarked_step_is_the_training_step():
+    step = saelib_step(16, 64, 256, torch.device("cpu"))
+    out0, terms0 = step()
+    for _ in range(30):
+        out, terms = step()
+    assert float(terms.total) < float(terms0.total)
+    assert set(terms._fields) == {"mse", "sparsity", "freq", "ghost", "total"}
+    floor_step(16, 64, 256, torch.device("cpu"))()
+
+
+def test_rule_table_sums_snakemake_benchmark_files(tmp_path):
+    head = "s\th:m:s\tmax_rss\n"
+    (tmp_path / "train_0.tsv").write_text(head + "12.5\t0:00:12\t100\n")
+    (tmp_path / "lm.tsv").write_text(head + "3.0\t0:00:03\t100\n")
+    rows = bench_rules("smoke", tmp_path)
+    assert "| train_0 | 12.5 |" in rows and "| lm | 3.0 |" in rows and rows[-1] == "| **sum** | 15.5 |"
+    assert "no Snakemake benchmark files" in bench_rules("smoke", tmp_path / "missing")[0]
