@@ -9,6 +9,7 @@ import math
 
 import torch
 
+from .kernels import colsum
 from .losses import legacy_mse
 
 DEAD_LOG10 = -10.0  # where dead features are drawn on log10(s_f) axes
@@ -47,15 +48,17 @@ class FeatureStats:
 
     @torch.no_grad()
     def update(self, x_BD: torch.Tensor, f_BF: torch.Tensor, x_hat_BD: torch.Tensor) -> None:
-        fired = f_BF > 0
-        self.fire_F += fired.sum(0)
-        torch.maximum(self.max_act_F, f_BF.max(0).values, out=self.max_act_F)
+        # per-feature sums over the batch as BLAS mat-vecs (kernels.colsum); firing counts are exact
+        # (integers below 2^24 in float32), the other sums accumulate in float64 across batches
+        fired_F = colsum(torch.sign(f_BF))  # f >= 0: sign(f) is [f > 0]
+        self.fire_F += fired_F.double()
+        torch.maximum(self.max_act_F, torch.amax(f_BF, 0), out=self.max_act_F)
         self.sum_x_D += x_BD.sum(0).double()
         self.sum_x2_D += x_BD.double().pow(2).sum(0)
         self.sse += float((x_hat_BD - x_BD).double().pow(2).sum())
-        self.l0 += float(fired.sum())
-        self.l1 += float(f_BF.double().sum())
-        self.l0approx += float((f_BF / (f_BF + self.eps)).double().sum())
+        self.l0 += float(fired_F.double().sum())
+        self.l1 += float(colsum(f_BF).double().sum())
+        self.l0approx += float(colsum(f_BF / (f_BF + self.eps)).double().sum())
         self.legacy += float(legacy_mse(x_hat_BD, x_BD))  # batch-level definition: averaged over batches
         self.n += x_BD.shape[0]
         self.n_batches += 1
