@@ -8,6 +8,8 @@ use one colour and marker per family (FAMILY_STYLE).
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import matplotlib as mpl
@@ -70,10 +72,14 @@ def run_style(study: Study, run: str) -> dict:
 
 
 def plain_log_ticks(ax: plt.Axes, which: str = "xy") -> None:
-    """Log axes labelled 0.05, 0.1, 0.2, ... instead of powers of ten (for ranges of a few decades)."""
+    """Log axes labelled 0.05, 0.1, 0.2, ... instead of powers of ten (for ranges of a few decades); an axis
+    spanning less than about one decade gets denser labels (... 8, 10, 15, 20, 30 ...). Call after plotting."""
     for name in which:
         axis = getattr(ax, f"{name}axis")
-        axis.set_major_locator(mticker.LogLocator(subs=(1, 2, 5)))
+        lo, hi = getattr(ax, f"get_{name}lim")()
+        narrow = lo > 0 and math.log10(hi / lo) < 1.2
+        subs = (1, 1.5, 2, 3, 4, 5, 6, 8) if narrow else (1, 2, 5)
+        axis.set_major_locator(mticker.LogLocator(subs=subs))
         axis.set_major_formatter(mticker.FormatStrFormatter("%g"))
         axis.set_minor_formatter(mticker.NullFormatter())
 
