@@ -51,7 +51,21 @@ def heldout_loss(model, seqs: np.ndarray, batch: int = 32) -> float:
 
 def train_lm(cfg: ProfileConfig, train_seqs: np.ndarray, heldout_seqs: np.ndarray, vocab_size: int,
              device: torch.device, progress: bool = True):
-    """Train the small LM with AdamW, linear warm-up and cosine decay. Returns (model, log rows)."""
+    """Train the small LM with AdamW, linear warm-up and cosine decay. Returns (model, log rows).
+
+    Runs with torch's deterministic algorithms: the embedding's backward (an accumulating index_put) otherwise
+    adds its rows in thread order on a multi-core CPU, and the LM, hence every result, changed slightly from
+    one `make figures` to the next. (warn_only: ops without a deterministic version warn instead of failing.)"""
+    prev, prev_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _train_lm(cfg, train_seqs, heldout_seqs, vocab_size, device, progress)
+    finally:
+        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+
+
+def _train_lm(cfg: ProfileConfig, train_seqs: np.ndarray, heldout_seqs: np.ndarray, vocab_size: int,
+              device: torch.device, progress: bool = True):
     from transformer_lens import HookedTransformer
 
     lm = cfg.lm
