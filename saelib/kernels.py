@@ -21,6 +21,12 @@ def colsum(x_BF: torch.Tensor) -> torch.Tensor:
     return (x_BF.new_ones(1, x_BF.shape[0]) @ x_BF).squeeze(0)
 
 
+def firing_counts(f_BF: torch.Tensor) -> torch.Tensor:
+    """Per feature, the number of rows where it fires: f >= 0 after ReLU, so sign(f) is [f > 0] as floats
+    (exact below 2^24 rows), summed by `colsum`."""
+    return colsum(torch.sign(f_BF))
+
+
 class ReluRatio(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pre_BF: torch.Tensor, eps: float):

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 
 from .config import RunConfig
-from .kernels import colsum
+from .kernels import colsum, firing_counts
 from .sae import SAEOutput
 from .sparsity import SparsityTracker
 
@@ -128,7 +128,7 @@ def sae_loss(run: RunConfig, sae, x_BD: torch.Tensor, out: SAEOutput, tracker: S
     s_hat_F = ratio_sum_F / n_b if ratio_sum_F is not None else None  # s_hat_f = (1/n_b) sum_b a/(a+eps)
 
     with torch.no_grad():
-        fired_F = colsum(torch.sign(f))  # firing count per feature (f >= 0, so sign(f) is [f > 0])
+        fired_F = firing_counts(f)
         value_F = s_hat_F.detach() if run.rolling_source == "s_hat" else fired_F.to(f.dtype) / n_b
         tracker.update(value_F, fired_F > 0)
 

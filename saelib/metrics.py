@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from .kernels import colsum
+from .kernels import colsum, firing_counts
 from .losses import legacy_mse
 
 DEAD_LOG10 = -10.0  # where dead features are drawn on log10(s_f) axes
@@ -48,9 +48,9 @@ class FeatureStats:
 
     @torch.no_grad()
     def update(self, x_BD: torch.Tensor, f_BF: torch.Tensor, x_hat_BD: torch.Tensor) -> None:
-        # per-feature sums over the batch as BLAS mat-vecs (kernels.colsum); firing counts are exact
-        # (integers below 2^24 in float32), the other sums accumulate in float64 across batches
-        fired_F = colsum(torch.sign(f_BF))  # f >= 0: sign(f) is [f > 0]
+        # per-feature sums over the batch as BLAS mat-vecs (kernels.colsum); firing counts are exact,
+        # the other sums accumulate in float64 across batches
+        fired_F = firing_counts(f_BF)
         self.fire_F += fired_F.double()
         torch.maximum(self.max_act_F, torch.amax(f_BF, 0), out=self.max_act_F)
         self.sum_x_D += x_BD.sum(0).double()

@@ -253,10 +253,13 @@ class Trainer:
         if meta:
             self.load_checkpoint(meta)
         else:
+            median = None  # of the first buffer, shared by every run that starts b_dec there
             for r in self.runs:
                 if r.run.b_dec_init == "geometric_median":
+                    if median is None:
+                        median = geometric_median(self.buffer.peek(32768))
                     with torch.no_grad():
-                        r.sae.b_dec.copy_(geometric_median(self.buffer.peek(32768)))
+                        r.sae.b_dec.copy_(median)
         steps, B = cfg.train.steps, cfg.train.batch_tokens
         desc = self.runs[0].name if len(self.runs) == 1 else f"{len(self.runs)} SAEs"
         bar = tqdm(total=steps, initial=self.step, desc=desc, disable=not self.progress, mininterval=2)
