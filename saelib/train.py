@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .activations import ActivationBuffer
 from .config import ProfileConfig, RunConfig, TrainConfig
-from .io import atomic_write_json, atomic_write_text, load_safetensors, save_safetensors
+from .io import atomic_dir, atomic_write_json, atomic_write_text, load_safetensors, save_safetensors
 from .lm import check_hook, load_lm, pick_device
 from .losses import LossTerms, needs_ratio, sae_loss
 from .metrics import batch_metrics
@@ -147,10 +147,14 @@ class RunState:
         return row
 
     def save(self, cfg: ProfileConfig) -> None:
-        self.sae.save(self.folder, {"name": self.name, **asdict(self.run), "profile": cfg.name,
-                                    "hook": cfg.activations.hook, "train": asdict(cfg.train),
-                                    "rolling_window": self.window, "train_seconds": round(self.seconds, 2)})
-        write_metrics_csv(self.folder / "metrics.csv", self.rows)  # written last: marks the run complete
+        """Publish the run folder in one step: weights, config and metrics are written into a temporary folder
+        that is then renamed into place, so a run folder that exists is complete (and any older evaluation in
+        it is gone with the old folder)."""
+        with atomic_dir(self.folder) as tmp:
+            self.sae.save(tmp, {"name": self.name, **asdict(self.run), "profile": cfg.name,
+                                "hook": cfg.activations.hook, "train": asdict(cfg.train),
+                                "rolling_window": self.window, "train_seconds": round(self.seconds, 2)})
+            write_metrics_csv(tmp / "metrics.csv", self.rows)
 
 
 def group_id(names: list[str]) -> str:
