@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value by dotted path, e.g. train.tokens=200000 (repeatable)")
         s.add_argument("--no-progress", action="store_true", help="no progress bars")
+        s.add_argument("--threads", type=int, default=None, metavar="N",
+                       help="torch CPU threads (default: torch's; the workflow passes each rule's `threads`)")
         if name in ("train", "evaluate"):
             s.add_argument("--run", default="all",
                            help="run name(s) from the profile, comma-separated, trained/evaluated together in one "
@@ -45,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value by dotted path (repeatable)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
     r.add_argument("--source", default=None, metavar="RELEASE_OR_FOLDER",
                    help="an sae-lens release (with --sae-id) or folder; default: the paper's reference release")
     r.add_argument("--sae-id", default=None, help="SAE id inside the release")
@@ -63,36 +66,32 @@ def cmd_data(cfg, args) -> dict:
 
 
 def cmd_lm(cfg, args) -> dict:
-    from .data import load_npy
+    from .data import data_info, load_tokens
+    from .io import atomic_write_json
     from .lm import heldout_loss, load_lm, pick_device, save_lm, train_lm
+    from .provenance import provenance
 
     device = pick_device(cfg.train.device)
-    data_info = json.loads((cfg.out / "data" / "info.json").read_text()) if (cfg.out / "data" / "info.json").exists() \
-        else None
-    if data_info is None:
-        raise FileNotFoundError(f"{cfg.out / 'data' / 'info.json'} is missing: run `python -m saelib data "
-                                f"--profile {cfg.name}` first")
-    held = load_npy(cfg.out / "data" / "heldout.npy")
+    data = data_info(cfg)
+    held = load_tokens(cfg, "heldout")
     t0 = time.time()
     if cfg.lm.source == "train":
-        train = load_npy(cfg.out / "data" / "train.npy")
-        model, rows = train_lm(cfg, train, held, data_info["vocab_size"], device, progress=not args.no_progress)
+        model, rows = train_lm(cfg, load_tokens(cfg, "train"), held, data["vocab_size"], device,
+                               progress=not args.no_progress)
     else:
         model, _ = load_lm(cfg, device)
         rows = []
     info = {"source": cfg.lm.source, "name": cfg.lm.name if cfg.lm.source == "pretrained" else "saelib-tiny",
             "n_params": sum(p.numel() for p in model.parameters()),
             "heldout_loss_nats": heldout_loss(model, held[:256]),
-            "heldout_unigram_entropy_nats": data_info["heldout_unigram_entropy_nats"],
-            "seconds": round(time.time() - t0, 2), "log": rows}
-    folder = cfg.out / "lm"
+            "heldout_unigram_entropy_nats": data["heldout_unigram_entropy_nats"],
+            "seconds": round(time.time() - t0, 2), "log": rows, "stage_hash": cfg.stage_hash("lm"),
+            "provenance": provenance(cfg, device)}
     if cfg.lm.source == "train":
-        save_lm(model, folder, info)
+        save_lm(model, cfg.lm_dir, info)
     else:
-        from .io import atomic_write_json
-
-        atomic_write_json(folder / "info.json", info)
-    return {k: v for k, v in info.items() if k != "log"}
+        atomic_write_json(cfg.lm_dir / "info.json", info)
+    return {k: v for k, v in info.items() if k not in ("log", "provenance")}
 
 
 def _groups(cfg, args) -> list[list[str]]:
@@ -137,34 +136,39 @@ def cmd_evaluate_released(cfg, args) -> dict:
     from .export import REFERENCE_RELEASE, load_sae_lens
     from .io import atomic_write_json, save_safetensors
     from .lm import check_hook, load_lm, pick_device
-    from .results import RELEASED_RUN
+    from .provenance import provenance
+    from .study import RELEASED_RUN
 
     source, sae_id = (args.source, args.sae_id) if args.source else REFERENCE_RELEASE
     device = pick_device(cfg.train.device)
     t0 = time.time()
-    model, _ = load_lm(cfg, device)
+    model, tok = load_lm(cfg, device)
     check_hook(model, cfg.activations.hook)
     sae = load_sae_lens(source, sae_id, device=str(device))
     ref = cfg.run(cfg.reference_run)
-    result, stats = evaluate_sae(model, sae, cfg, ref.eps, not args.no_progress)
+    result, s_F, max_F = evaluate_sae(model, sae, cfg, ref.eps, not args.no_progress, tok.bos_id)
     folder = cfg.out / "runs" / RELEASED_RUN
-    folder.mkdir(parents=True, exist_ok=True)
-    save_safetensors({"sparsity": stats.sparsity().cpu(), "max_act": stats.max_act_F.cpu()},
-                     folder / "features.safetensors")
+    save_safetensors({"sparsity": s_F, "max_act": max_F}, folder / "features.safetensors")
     label = f"released reference ({source})" if sae_id is None else f"released reference ({source}/{sae_id})"
-    result = {"run": RELEASED_RUN, "label": label, "sparsity_term": "l1", "lambda_sparsity": ref.lambda_sparsity,
-              "source": str(source), "sae_id": sae_id, "d_sae": sae.d_sae, **result,
-              "eval_seconds": round(time.time() - t0, 2)}
+    result = {"run": RELEASED_RUN, "label": label, "family": "released reference", "sparsity_term": "l1",
+              "lambda_sparsity": ref.lambda_sparsity, "source": str(source), "sae_id": sae_id, "d_sae": sae.d_sae,
+              **result, "eval_seconds": round(time.time() - t0, 2), "settings": {"eval": cfg.stage_config("eval",
+              cfg.reference_run)["eval"]}, "provenance": provenance(cfg, device)}
     atomic_write_json(folder / "eval.json", result)
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    import torch
+
     from .kernels import keep_freed_memory
     from .text import HubUnreachableError
-    keep_freed_memory()
     from .train import TrainingDiverged
+
+    keep_freed_memory()
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
 
     try:
         # libraries print progress notes to stdout; keep stdout for the JSON result alone
@@ -176,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                 cmd = {"data": cmd_data, "lm": cmd_lm, "train": cmd_train, "evaluate": cmd_evaluate,
                        "evaluate-released": cmd_evaluate_released}[args.command]
                 result = cmd(cfg, args)
-    except (ConfigError, FileNotFoundError, HubUnreachableError, TrainingDiverged, ValueError) as e:
+    except (ConfigError, FileNotFoundError, HubUnreachableError, TrainingDiverged, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2, default=str))

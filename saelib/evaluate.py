@@ -1,32 +1,44 @@
-"""Evaluation of a trained SAE on held-out tokens: feature sparsities, dead count, L0, MSEs, FVU, L1, and
-the LM's cross-entropy loss with the SAE spliced in at the hook, against clean and zero-ablated.
+"""Evaluation of trained SAEs on held-out tokens: feature sparsities, dead count, L0, MSEs, FVU, L1, and the LM's
+cross-entropy loss with each SAE spliced in at the hook, against clean and zero-ablated.
 
-Writes `eval.json` (scalars) and `features.safetensors` (per-feature s_f and max activation).
+Several SAEs are evaluated in one pass (the LM's activations and its clean and zero-ablated losses are
+computed once per batch; the SAEs of one width are encoded as one stack). Writes per run `eval.json`
+(scalars, provenance) and `features.safetensors` (per-feature s_f and max activation).
+
+Conventions (README "Evaluation"): with `eval.exclude_bos` (the default, as sae-lens evaluates), positions
+whose token is BOS (the start of each sequence, and the document separators, which are the same token) are
+left out of every reconstruction metric and keep their own activation when the SAE is spliced in; the
+cross-entropy of predicting the token after them is left out too, and zero-ablation replaces every position.
+The legacy MSE is centred on the mean of the whole evaluation set (a first pass computes it), so it does not
+move with the evaluation batch size.
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .activations import hook_activations
+from .activations import hook_activations, hook_layer
 from .config import ProfileConfig
-from .data import load_npy
-from .io import atomic_write_json, save_safetensors
+from .data import load_tokens
+from .io import ArtifactError, atomic_write_json, read_json, save_safetensors
 from .lm import check_hook, load_lm, pick_device
 from .metrics import FeatureStats
-from .sae import SAE
-from .train import run_folder
+from .provenance import provenance
+from .sae import SAE, decode, encode_pre
+from .train import config_diff
 
 
 def heldout_sequences(cfg: ProfileConfig) -> np.ndarray:
-    seqs = load_npy(cfg.out / "data" / "heldout.npy")
+    seqs = load_tokens(cfg, "heldout")
     n = max(1, cfg.eval.tokens // cfg.activations.context)
     if len(seqs) < n:
-        raise ValueError(f"only {len(seqs)} held-out sequences, eval.tokens asks for {n}: lower eval.tokens")
+        raise ValueError(f"only {len(seqs)} held-out sequences of {cfg.activations.context} tokens, eval.tokens asks "
+                         f"for {n}: lower eval.tokens")
     return seqs[:n]
 
 
@@ -35,76 +47,150 @@ def ce_recovered(clean: float, spliced: float, zero: float) -> float:
     return (zero - spliced) / (zero - clean) if zero != clean else float("nan")
 
 
-def lm_loss_with(model, toks: torch.Tensor, hook: str, x_BSD: torch.Tensor, replace: torch.Tensor | None) -> float:
-    """The LM's mean next-token loss on `toks` with the activation at `hook` replaced by `replace`
+def lm_token_losses(model, toks: torch.Tensor, hook: str, x_BSD: torch.Tensor, replace: torch.Tensor | None
+                    ) -> torch.Tensor:
+    """The LM's next-token losses (N, S-1) on `toks` with the activation at `hook` replaced by `replace`
     (None: clean). At a `hook_resid_pre` the model is run only from that block on, from the activations
     `x_BSD` already computed; elsewhere the whole model runs with the replacement hooked in."""
-    layer = int(hook.split(".")[1])
     if hook.endswith("hook_resid_pre"):
         resid = x_BSD if replace is None else replace
-        return float(model(resid, start_at_layer=layer, tokens=toks, return_type="loss"))
+        return model(resid, start_at_layer=hook_layer(hook), tokens=toks, return_type="loss", loss_per_token=True)
     if replace is None:
-        return float(model(toks, return_type="loss"))
-    return float(model.run_with_hooks(toks, return_type="loss", fwd_hooks=[(hook, lambda act, hook: replace)]))
+        return model(toks, return_type="loss", loss_per_token=True)
+    return model.run_with_hooks(toks, return_type="loss", loss_per_token=True,
+                                fwd_hooks=[(hook, lambda act, hook: replace)])
+
+
+def stack_saes(saes: list[SAE], device) -> dict:
+    """The parameters of SAEs of one width stacked along a run axis, as `sae.encode_pre` and `decode` take them."""
+    p = {k: torch.stack([getattr(s, k).detach() for s in saes]).to(device) for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    pb = [s.shape.pre_encoder_bias for s in saes]
+    p["pre_bias"] = torch.tensor(pb, dtype=torch.float32, device=device).view(-1, 1, 1) if any(pb) else False
+    return p
 
 
 @torch.no_grad()
-def evaluate_saes(model, saes: list[SAE], cfg: ProfileConfig, eps: list[float], progress: bool = True
-                  ) -> list[tuple[dict, FeatureStats]]:
-    """Evaluate several SAEs on the same held-out tokens: the LM's activations and its clean and
-    zero-ablated losses are computed once per batch for all of them."""
+def activation_mean(model, seqs: np.ndarray, cfg: ProfileConfig, keep_fn) -> torch.Tensor:
+    """Mean activation at the hook over the evaluation set's kept tokens (the legacy MSE's centre)."""
+    device = next(model.parameters()).device
+    total, n = None, 0
+    for i in range(0, len(seqs), cfg.eval.batch_sequences):
+        toks = torch.as_tensor(seqs[i:i + cfg.eval.batch_sequences], device=device, dtype=torch.long)
+        x = hook_activations(model, toks, cfg.activations.hook).reshape(-1, model.cfg.d_model)[keep_fn(toks)]
+        s = x.double().sum(0)
+        total = s if total is None else total + s
+        n += x.shape[0]
+    return (total / max(n, 1)).float()
+
+
+@torch.no_grad()
+def evaluate_saes(model, saes: list[SAE], cfg: ProfileConfig, eps: list[float], progress: bool = True,
+                  bos_id: int | None = None) -> list[tuple[dict, torch.Tensor, torch.Tensor]]:
+    """Evaluate several SAEs on the same held-out tokens. Returns per SAE (scalars, s_f, max activation)."""
     hook = cfg.activations.hook
     device = next(model.parameters()).device
     seqs = heldout_sequences(cfg)
-    stats = [FeatureStats(s.d_in, s.d_sae, e, device) for s, e in zip(saes, eps)]
+    exclude = cfg.eval.exclude_bos and bos_id is not None
+
+    def keep_fn(toks):  # tokens counted in reconstruction metrics: all, or all but BOS
+        return (toks != bos_id).reshape(-1) if exclude else torch.ones(toks.numel(), dtype=torch.bool, device=device)
+
+    center = activation_mean(model, seqs, cfg, keep_fn)
+    widths: dict[int, list[int]] = {}
+    for j, s in enumerate(saes):
+        widths.setdefault(s.d_sae, []).append(j)
+    stacks = {F: stack_saes([saes[j] for j in js], device) for F, js in widths.items()}
+    stats = {F: FeatureStats(len(js), saes[js[0]].d_in, F, torch.tensor([eps[j] for j in js], device=device
+                                                                        ).view(-1, 1, 1), device)
+             for F, js in widths.items()}
     ce_clean, ce_zero, ce_sae = 0.0, 0.0, [0.0] * len(saes)
     n_pred = 0
     per = cfg.eval.batch_sequences
     for i in tqdm(range(0, len(seqs), per), desc="eval", disable=not progress, mininterval=2):
         toks = torch.as_tensor(seqs[i:i + per], device=device, dtype=torch.long)
         x_BSD = hook_activations(model, toks, hook)
-        x = x_BSD.reshape(-1, x_BSD.shape[-1])
-        k = toks.shape[0] * (toks.shape[1] - 1)  # predicted tokens in the batch
-        ce_clean += lm_loss_with(model, toks, hook, x_BSD, None) * k
-        ce_zero += lm_loss_with(model, toks, hook, x_BSD, torch.zeros_like(x_BSD)) * k
-        for j, (sae, st) in enumerate(zip(saes, stats)):
-            out = sae(x)
-            st.update(x, out.f_BF, out.x_hat_BD)
-            ce_sae[j] += lm_loss_with(model, toks, hook, x_BSD, out.x_hat_BD.reshape(x_BSD.shape)) * k
+        x_all = x_BSD.reshape(-1, x_BSD.shape[-1])
+        keep = keep_fn(toks)
+        x = x_all[keep]
+        # the loss predicting the token after a BOS is left out when BOS positions are (sae-lens's convention)
+        mask_NS1 = (toks[:, :-1] != bos_id) if exclude else torch.ones_like(toks[:, :-1], dtype=torch.bool)
+        k = int(mask_NS1.sum())
+
+        def ce(replace):
+            return float(lm_token_losses(model, toks, hook, x_BSD, replace)[mask_NS1].sum())
+
+        ce_clean += ce(None)
+        ce_zero += ce(torch.zeros_like(x_BSD))
+        for F, js in widths.items():
+            p = stacks[F]
+            f = torch.relu(encode_pre(x_all, p["W_enc"], p["b_enc"], p["b_dec"], p["pre_bias"]))
+            x_hat = decode(f, p["W_dec"], p["b_dec"])
+            stats[F].update(x, f[:, keep], x_hat[:, keep], center)
+            for r, j in enumerate(js):
+                spliced = torch.where(keep[:, None], x_hat[r], x_all).reshape(x_BSD.shape)
+                ce_sae[j] += ce(spliced)
         n_pred += k
     results = []
-    for st, spliced in zip(stats, ce_sae):
-        ce = {"ce_clean": ce_clean / n_pred, "ce_sae": spliced / n_pred, "ce_zero": ce_zero / n_pred}
-        ce["ce_recovered"] = ce_recovered(ce["ce_clean"], ce["ce_sae"], ce["ce_zero"])
-        results.append((st.summary() | ce, st))
+    for j in range(len(saes)):
+        F = saes[j].d_sae
+        r = widths[F].index(j)
+        st = stats[F]
+        c = {"ce_clean": ce_clean / n_pred, "ce_sae": ce_sae[j] / n_pred, "ce_zero": ce_zero / n_pred}
+        c["ce_recovered"] = ce_recovered(c["ce_clean"], c["ce_sae"], c["ce_zero"])
+        results.append((st.summary(r) | c | {"exclude_bos": exclude}, st.sparsity()[r].cpu(), st.max_act_RF[r].cpu()))
     return results
 
 
-def evaluate_sae(model, sae: SAE, cfg: ProfileConfig, eps: float, progress: bool = True) -> tuple[dict, FeatureStats]:
-    return evaluate_saes(model, [sae], cfg, [eps], progress)[0]
+def evaluate_sae(model, sae: SAE, cfg: ProfileConfig, eps: float, progress: bool = True, bos_id: int | None = None
+                 ) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    return evaluate_saes(model, [sae], cfg, [eps], progress, bos_id)[0]
+
+
+def load_trained(cfg: ProfileConfig, name: str, device) -> SAE:
+    """A run's SAE, refused when it was trained with other settings than the config's now or holds NaN/Inf."""
+    folder = cfg.run_dir(name)
+    made_by = cfg.command("train", name)
+    meta = read_json(folder / "cfg.json", made_by, keys=("train_hash", "settings"))
+    if meta["train_hash"] != cfg.stage_hash("train", name):
+        diff = config_diff(meta["settings"], cfg.stage_config("train", name))
+        raise ArtifactError(f"{folder} was trained with other settings than the profile's now:\n  " +
+                            "\n  ".join(d.replace("in the checkpoint", "in the run") for d in diff[:8]) +
+                            f"\nretrain it: `{made_by}`")
+    sae = SAE.load(folder)
+    bad = [k for k, v in sae.state_dict().items() if not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ArtifactError(f"{folder / 'sae.safetensors'}: weights {', '.join(bad)} hold NaN or Inf; retrain: "
+                            f"`{made_by}` with a lower train.lr or lambda")
+    return sae.to(device)
 
 
 def evaluate_runs(cfg: ProfileConfig, run_names: list[str], progress: bool = True) -> dict[str, dict]:
     """Evaluate trained runs together; writes each run's `eval.json` and `features.safetensors`."""
     device = pick_device(cfg.train.device)
     t0 = time.time()
-    runs = {n: cfg.run(n) for n in run_names}
-    saes = [SAE.load(run_folder(cfg, n), device) for n in run_names]  # FileNotFoundError names the missing run
-    model, _ = load_lm(cfg, device)
+    saes = [load_trained(cfg, n, device) for n in run_names]
+    model, tok = load_lm(cfg, device)
     check_hook(model, cfg.activations.hook)
-    evaluated = evaluate_saes(model, saes, cfg, [r.eps for r in runs.values()], progress)
+    evaluated = evaluate_saes(model, saes, cfg, [cfg.run(n).eps for n in run_names], progress, tok.bos_id)
     seconds = round((time.time() - t0) / len(run_names), 2)
     out = {}
-    for (name, run), sae, (result, stats) in zip(runs.items(), saes, evaluated):
-        folder = run_folder(cfg, name)
-        save_safetensors({"sparsity": stats.sparsity().cpu(), "max_act": stats.max_act_F.cpu()},
-                         folder / "features.safetensors")
-        out[name] = {"run": name, "label": run.label, "sparsity_term": run.sparsity,
-                     "lambda_sparsity": run.lambda_sparsity, "lambda_min": run.lambda_min, "seed": run.seed,
-                     "d_sae": sae.d_sae, **result, "eval_seconds": seconds}
+    for name, sae, (result, s_F, max_F) in zip(run_names, saes, evaluated):
+        run = cfg.run(name)
+        if not all(math.isfinite(v) for v in result.values() if isinstance(v, float)):
+            bad = [k for k, v in result.items() if isinstance(v, float) and not math.isfinite(v)]
+            raise ArtifactError(f"run {name}: evaluation gave non-finite {', '.join(bad)}; its SAE or the LM is broken")
+        folder = cfg.eval_dir(name)
+        save_safetensors({"sparsity": s_F, "max_act": max_F}, folder / "features.safetensors")
+        out[name] = {"run": name, "config": cfg.base_run(name), "label": run.label, "family": run.family,
+                     "sparsity_term": run.sparsity, "lambda_sparsity": run.lambda_sparsity,
+                     "lambda_min": run.lambda_min, "seed": run.seed, "d_sae": sae.d_sae, **result,
+                     "eval_seconds": seconds, "eval_hash": cfg.stage_hash("eval", name),
+                     "train_hash": cfg.stage_hash("train", name), "settings": cfg.stage_config("eval", name),
+                     "provenance": provenance(cfg, device)}
         atomic_write_json(folder / "eval.json", out[name])
     return out
 
 
 def evaluate_run(cfg: ProfileConfig, run_name: str, progress: bool = True) -> dict:
     return evaluate_runs(cfg, [run_name], progress)[run_name]
+

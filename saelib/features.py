@@ -53,25 +53,32 @@ def _batches(seqs_NS: np.ndarray, batch_sequences: int, device: torch.device):
         yield i, torch.as_tensor(seqs_NS[i:i + batch_sequences], device=device, dtype=torch.long)
 
 
+def _encode(model, sae: SAE, toks: torch.Tensor, hook: str, features: torch.Tensor | None,
+            exclude_id: int | None) -> torch.Tensor:
+    """Activations (T, K) of `features` (all: None) on a batch of sequences; positions holding `exclude_id` (BOS,
+    as the evaluation leaves them out) are zero."""
+    f_TK = sae.encode(hook_activations(model, toks, hook).reshape(-1, sae.d_in), features)
+    if exclude_id is not None:
+        f_TK = f_TK * (toks != exclude_id).reshape(-1, 1)
+    return f_TK
+
+
+def _kept(seqs_NS: np.ndarray, exclude_id: int | None) -> int:
+    return int(seqs_NS.size if exclude_id is None else (seqs_NS != exclude_id).sum())
+
+
 @torch.no_grad()
-def feature_scan(model, sae: SAE, seqs_NS: np.ndarray, hook: str,
-                 batch_sequences: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+def feature_scan(model, sae: SAE, seqs_NS: np.ndarray, hook: str, batch_sequences: int = 32,
+                 exclude_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(s_F, max_act_F) over all features: the first pass when `evaluate`'s features.safetensors is absent."""
     device = next(model.parameters()).device
     fires_F = torch.zeros(sae.d_sae, dtype=torch.float64, device=device)
     max_F = torch.zeros(sae.d_sae, device=device)
     for _, toks in _batches(seqs_NS, batch_sequences, device):
-        f_TF = sae.encode(hook_activations(model, toks, hook).reshape(-1, sae.d_in))
+        f_TF = _encode(model, sae, toks, hook, None, exclude_id)
         fires_F += (f_TF > 0).sum(0)
         torch.maximum(max_F, f_TF.max(0).values, out=max_F)
-    return (fires_F / seqs_NS.size).float().cpu(), max_F.cpu()
-
-
-def _encode_subset(sae: SAE, x_TD: torch.Tensor, feats_K: torch.Tensor) -> torch.Tensor:
-    """Activations (T, K) of the features `feats_K` only: the encoder's columns for them, not all d_sae."""
-    if sae.shape.pre_encoder_bias:
-        x_TD = x_TD - sae.b_dec
-    return torch.relu(torch.addmm(sae.b_enc[feats_K], x_TD, sae.W_enc[:, feats_K]))
+    return (fires_F / _kept(seqs_NS, exclude_id)).float().cpu(), max_F.cpu()
 
 
 def _keep(key_KM: torch.Tensor, idx_KM: torch.Tensor, act_KM: torch.Tensor, key_KT: torch.Tensor,
@@ -95,11 +102,12 @@ def _in_band(frac_TK: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
 def collect_examples(model, sae: SAE, seqs_NS: np.ndarray, hook: str, features: Sequence[int], k: int = 20,
                      bands: Sequence[tuple[float, float]] = DEFAULT_BANDS, per_band: int = 5,
                      max_act_F: torch.Tensor | None = None, seed: int = 0,
-                     batch_sequences: int = 32) -> FeatureExamples:
+                     batch_sequences: int = 32, exclude_id: int | None = None) -> FeatureExamples:
     """Top-k tokens, band samples and position counts of `features`, in one pass over `seqs_NS` (N, S).
 
     `max_act_F` (all d_sae features, over these same sequences) sets the bands; None runs `feature_scan`
-    first. Samples are reproducible for a given seed, feature list and batch_sequences.
+    first. Samples are reproducible for a given seed, feature list and batch_sequences. Positions holding
+    `exclude_id` (BOS, when the evaluation leaves it out) never count as firing.
     """
     if k < 1 or per_band < 1 or not bands:
         raise ValueError(f"need k >= 1, per_band >= 1 and at least one band; got k={k}, per_band={per_band}, "
@@ -107,7 +115,7 @@ def collect_examples(model, sae: SAE, seqs_NS: np.ndarray, hook: str, features: 
     device = next(model.parameters()).device
     S = seqs_NS.shape[1]
     if max_act_F is None:
-        max_act_F = feature_scan(model, sae, seqs_NS, hook, batch_sequences)[1]
+        max_act_F = feature_scan(model, sae, seqs_NS, hook, batch_sequences, exclude_id)[1]
     feats_K = torch.as_tensor(list(features), dtype=torch.long, device=device)
     K = len(feats_K)
     max_K = max_act_F.to(device)[feats_K].float()
@@ -122,7 +130,7 @@ def collect_examples(model, sae: SAE, seqs_NS: np.ndarray, hook: str, features: 
              torch.zeros(K, per_band, device=device)) for _ in bands]
     pos_SK = torch.zeros(S, K, dtype=torch.long, device=device)
     for i, toks in _batches(seqs_NS, batch_sequences, device):
-        f_TK = _encode_subset(sae, hook_activations(model, toks, hook).reshape(-1, sae.d_in), feats_K)
+        f_TK = _encode(model, sae, toks, hook, feats_K, exclude_id)
         tok_T = torch.arange(i * S, i * S + f_TK.shape[0], device=device)  # flat index: seq * S + pos
         fired_TK = f_TK > 0
         pos_SK += fired_TK.reshape(toks.shape[0], S, K).sum(0)
@@ -153,9 +161,9 @@ def collect_examples(model, sae: SAE, seqs_NS: np.ndarray, hook: str, features: 
     return FeatureExamples(
         top=top_df[["feature", "rank", "act", "seq", "pos"]], bands=bands_df,
         positions=pd.DataFrame(pos_SK.T.cpu().numpy(), index=index, columns=range(S)),
-        summary=pd.DataFrame({"fires": fires, "s_f": fires / seqs_NS.size, "max_act": max_K.cpu().numpy()},
-                             index=index),
-        n_tokens=int(seqs_NS.size))
+        summary=pd.DataFrame({"fires": fires, "s_f": fires / _kept(seqs_NS, exclude_id),
+                              "max_act": max_K.cpu().numpy()}, index=index),
+        n_tokens=_kept(seqs_NS, exclude_id))
 
 
 def _rows(feats: np.ndarray, idx_KM: torch.Tensor, act_KM: torch.Tensor, keep_KM: torch.Tensor, S: int,
@@ -220,26 +228,26 @@ def analyze_run(cfg, run_name: str, threshold: float = 0.1, k: int = 20, per_ban
                 bands: Sequence[tuple[float, float]] = DEFAULT_BANDS, before: int = 12,
                 after: int = 4) -> tuple[pd.DataFrame, FeatureExamples]:
     """The high-density analysis of one trained run on the profile's held-out tokens: (dense features table,
-    their examples with contexts). Uses `evaluate`'s s_f and max when present, else scans first."""
-    from .evaluate import heldout_sequences
+    their examples with contexts), on the tokens the evaluation counts (BOS left out with eval.exclude_bos)."""
+    from .evaluate import heldout_sequences, load_trained
     from .io import load_safetensors
     from .lm import load_lm, pick_device
-    from .train import run_folder
 
-    folder = run_folder(cfg, run_name)
     device = pick_device(cfg.train.device)
     model, tok = load_lm(cfg, device)
-    sae = SAE.load(folder, device)
+    sae = load_trained(cfg, run_name, device)
     seqs = heldout_sequences(cfg)
     hook, per = cfg.activations.hook, cfg.eval.batch_sequences
-    if (folder / "features.safetensors").exists():
-        saved = load_safetensors(folder / "features.safetensors")
-        s_F, max_F = saved["sparsity"], saved["max_act"]
+    exclude = tok.bos_id if cfg.eval.exclude_bos else None
+    saved = cfg.eval_dir(run_name) / "features.safetensors"
+    if saved.exists():
+        feats = load_safetensors(saved, made_by=cfg.command("evaluate", run_name))
+        s_F, max_F = feats["sparsity"], feats["max_act"]
     else:
-        s_F, max_F = feature_scan(model, sae, seqs, hook, per)
+        s_F, max_F = feature_scan(model, sae, seqs, hook, per, exclude)
     dense = dense_features(s_F, threshold)
     ex = collect_examples(model, sae, seqs, hook, dense.feature.tolist(), k=k, bands=bands, per_band=per_band,
-                          max_act_F=max_F, seed=cfg.seed, batch_sequences=per)
+                          max_act_F=max_F, seed=cfg.seed, batch_sequences=per, exclude_id=exclude)
     ex.top = add_contexts(ex.top, seqs, tok, before, after)
     ex.bands = add_contexts(ex.bands, seqs, tok, before, after)
     return dense, ex

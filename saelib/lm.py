@@ -3,7 +3,6 @@ small GPT-2-architecture `HookedTransformer`, trained here and saved as safetens
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -13,8 +12,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import ConfigError, ProfileConfig
-from .io import atomic_write_json, load_safetensors, save_safetensors
-from .text import Tokenizer, load_bpe, load_from_hub
+from .io import ArtifactError, atomic_write_json, load_safetensors, read_json, save_safetensors
+from .text import Tokenizer, load_from_hub
 
 
 def tiny_lm_config(cfg: ProfileConfig, vocab_size: int):
@@ -104,22 +103,29 @@ def save_lm(model, folder: Path, info: dict) -> None:
     atomic_write_json(folder / "info.json", info)
 
 
+def check_finite_weights(model, where: str, made_by: str) -> None:
+    """An LM with NaN or Inf in its weights makes non-finite activations for every SAE: name it at load."""
+    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise ArtifactError(f"{where}: the LM's weights hold NaN or Inf ({', '.join(bad[:4])}"
+                            f"{', ...' if len(bad) > 4 else ''}); rebuild the LM: `{made_by}`")
+
+
 def load_local_lm(cfg: ProfileConfig, device: torch.device):
     from transformer_lens import HookedTransformer
 
-    folder = cfg.out / "lm"
-    weights = folder / "model.safetensors"
-    tok = load_bpe(cfg.out / "data" / "tokenizer.json")
-    if not weights.exists():
-        raise FileNotFoundError(f"{weights} is missing: train the LM first (python -m saelib lm --profile {cfg.name})")
+    from .data import load_tokenizer
+
+    folder, made_by = cfg.lm_dir, cfg.command("lm")
+    info = read_json(folder / "info.json", made_by, keys=("stage_hash",))
+    if info["stage_hash"] != cfg.stage_hash("lm"):
+        raise ArtifactError(f"{folder} holds an LM trained with other settings (lm, data or seed) than the profile's "
+                            f"now; retrain it: `{made_by}`")
+    tok = load_tokenizer(cfg)
     model = HookedTransformer(tiny_lm_config(cfg, tok.vocab_size))
     expected = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
-    try:
-        state = load_safetensors(weights, expected)
-    except ValueError as e:
-        raise ValueError(f"{e}\nThe saved LM does not match the profile's `lm` settings: retrain it "
-                         f"(python -m saelib lm --profile {cfg.name}) or restore the settings it was trained with.") from None
-    model.load_state_dict(state)
+    model.load_state_dict(load_safetensors(folder / "model.safetensors", expected, made_by=made_by))
+    check_finite_weights(model, str(folder / "model.safetensors"), made_by)
     return model.to(device).eval(), tok
 
 
@@ -130,6 +136,10 @@ def load_pretrained_lm(cfg: ProfileConfig, device: torch.device):
 
     model = load_from_hub(f"model {cfg.lm.name}",
                           lambda: HookedTransformer.from_pretrained(cfg.lm.name, device=str(device)))
+    check_finite_weights(model, f"pretrained model {cfg.lm.name}", "clear its Hugging Face cache and download it again")
+    if cfg.activations.context > model.cfg.n_ctx:
+        raise ConfigError(f"invalid value for `activations.context`: {cfg.activations.context} is longer than "
+                          f"{cfg.lm.name}'s context of {model.cfg.n_ctx} tokens")
     return model.eval(), Tokenizer(model.tokenizer, "hf")
 
 
@@ -147,6 +157,3 @@ def check_hook(model, hook: str) -> None:
         raise ConfigError(f"invalid value for `activations.hook`: {hook!r} is not a hook of the model "
                           f"({model.cfg.n_layers} layers); hooks look like {', '.join(valid[:6])}, ...")
 
-
-def read_info(folder: Path) -> dict:
-    return json.loads((folder / "info.json").read_text())

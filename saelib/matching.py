@@ -9,11 +9,16 @@ running best of each A row. Everything runs on the device of A's decoder.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
+import pandas as pd
 import torch
 
 from .sae import SAE
+
+if TYPE_CHECKING:
+    from .study import Study
 
 THRESHOLDS = (0.9, 0.8, 0.7)
 
@@ -77,3 +82,37 @@ def match_summary(best_cos_A: torch.Tensor, thresholds: tuple[float, ...] = THRE
     out["median_best_cos"] = float(c.median())
     out["n_features"] = int(c.numel())
     return out
+
+
+def matching_pairs(study: Study) -> dict[str, tuple[str, str]]:
+    """The comparisons of SPEC "Beyond the post", name -> (run A, run B): the highlighted run against the
+    reference, and each of them against its own configuration with another seed (when there is one)."""
+    new, ref = study.highlight, study.reference
+    pairs = {"new vs reference": (new, ref)}
+    if study.other_seed(ref):
+        pairs["reference vs reference, other seed"] = (ref, study.other_seed(ref))
+    if study.other_seed(new):
+        pairs["new vs new, other seed"] = (new, study.other_seed(new))
+    return pairs
+
+
+def feature_matching(study: Study, pairs: dict[str, tuple[str, str]], alive_only: bool = True
+                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """For each pair (A, B): every decoder row of A and its best cosine similarity among B's decoder rows.
+    Returns (one row per A feature: pair, a, b, feature, best_cos; one row per pair: match_summary's fractions
+    above 0.9/0.8/0.7, mean and median). `alive_only` leaves out A's features dead on held-out tokens (their
+    decoder rows never moved from the initialisation)."""
+    from .evaluate import load_trained
+    from .study import sparsity_of
+
+    rows, summary = [], {}
+    for name, (a, b) in pairs.items():
+        best = match_saes(load_trained(study.cfg, a, "cpu"), load_trained(study.cfg, b, "cpu")).best_cos_A
+        keep = np.ones(best.numel(), dtype=bool)
+        if alive_only:
+            keep = sparsity_of(study, a) > 0
+        best = best[torch.from_numpy(np.asarray(keep, dtype=bool))]
+        rows.append(pd.DataFrame({"pair": name, "a": study.labels[a], "b": study.labels[b], "a_run": a, "b_run": b,
+                                  "feature": np.flatnonzero(keep), "best_cos": best.numpy()}))
+        summary[name] = {"a_run": a, "b_run": b} | match_summary(best)
+    return pd.concat(rows, ignore_index=True), pd.DataFrame.from_dict(summary, orient="index").rename_axis("pair")

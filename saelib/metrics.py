@@ -1,7 +1,6 @@
-"""Metrics (SPEC "Definitions"): L0, L1, legacy MSE, plain MSE, FVU, feature sparsity s_f, dead count.
-
-`batch_metrics` is for training logs; `FeatureStats` accumulates over an evaluation set.
-"""
+"""Evaluation metrics (SPEC "Definitions"): L0, L1, legacy MSE, plain MSE, FVU, feature sparsity s_f, dead and
+dense counts, accumulated over an evaluation set for a stack of SAEs (the per-batch quantities are the
+functions of `losses`)."""
 
 from __future__ import annotations
 
@@ -9,24 +8,10 @@ import math
 
 import torch
 
+from . import losses as L
 from .kernels import colsum, firing_counts
-from .losses import legacy_mse
 
 DEAD_LOG10 = -10.0  # where dead features are drawn on log10(s_f) axes
-
-
-@torch.no_grad()
-def batch_metrics(x_BD: torch.Tensor, f_BF: torch.Tensor, x_hat_BD: torch.Tensor, eps: float) -> dict[str, float]:
-    err = (x_hat_BD - x_BD).pow(2)
-    var = (x_BD - x_BD.mean(0)).pow(2).sum()
-    return {
-        "l0": float((f_BF > 0).float().sum(-1).mean()),
-        "l1": float(f_BF.sum(-1).mean()),
-        "l0approx": float((f_BF / (f_BF + eps)).sum(-1).mean()),
-        "mse_legacy": float(legacy_mse(x_hat_BD, x_BD)),
-        "mse": float(err.mean()),
-        "fvu": float(err.sum() / var.clamp_min(1e-12)),
-    }
 
 
 def log10_sparsity(s_F: torch.Tensor) -> torch.Tensor:
@@ -35,49 +20,46 @@ def log10_sparsity(s_F: torch.Tensor) -> torch.Tensor:
 
 
 class FeatureStats:
-    """Accumulates feature firing counts and reconstruction sums over many batches."""
+    """Sums over an evaluation set for R SAEs of one width (kept tokens only): firing counts, max activation,
+    reconstruction errors, L1, sum of a/(a+eps)."""
 
-    def __init__(self, d_in: int, d_sae: int, eps: float, device):
+    def __init__(self, R: int, d_in: int, d_sae: int, eps_R11: torch.Tensor, device):
         z = lambda *s, dt=torch.float64: torch.zeros(*s, dtype=dt, device=device)  # noqa: E731
-        self.eps = eps
-        self.fire_F = z(d_sae)
-        self.max_act_F = z(d_sae, dt=torch.float32)
+        self.eps_R11 = eps_R11
+        self.fire_RF, self.max_act_RF = z(R, d_sae), z(R, d_sae, dt=torch.float32)
+        self.sse_R, self.legacy_R, self.l1_R, self.l0approx_R = z(R), z(R), z(R), z(R)
         self.sum_x_D, self.sum_x2_D = z(d_in), z(d_in)
-        self.sse = self.l0 = self.l1 = self.l0approx = self.legacy = 0.0
-        self.n = self.n_batches = 0
+        self.n = 0
 
     @torch.no_grad()
-    def update(self, x_BD: torch.Tensor, f_BF: torch.Tensor, x_hat_BD: torch.Tensor) -> None:
-        # per-feature sums over the batch as BLAS mat-vecs (kernels.colsum); firing counts are exact,
-        # the other sums accumulate in float64 across batches
-        fired_F = firing_counts(f_BF)
-        self.fire_F += fired_F.double()
-        torch.maximum(self.max_act_F, torch.amax(f_BF, 0), out=self.max_act_F)
+    def update(self, x_BD: torch.Tensor, f_RBF: torch.Tensor, x_hat_RBD: torch.Tensor, center_D: torch.Tensor) -> None:
+        # per-feature sums over the batch as BLAS mat-vecs (kernels.colsum), accumulated in float64
+        self.fire_RF += firing_counts(f_RBF).double()
+        torch.maximum(self.max_act_RF, torch.amax(f_RBF, -2), out=self.max_act_RF)
         self.sum_x_D += x_BD.sum(0).double()
         self.sum_x2_D += x_BD.double().pow(2).sum(0)
-        self.sse += float((x_hat_BD - x_BD).double().pow(2).sum())
-        self.l0 += float(fired_F.double().sum())
-        self.l1 += float(colsum(f_BF).double().sum())
-        self.l0approx += float(colsum(f_BF / (f_BF + self.eps)).double().sum())
-        self.legacy += float(legacy_mse(x_hat_BD, x_BD))  # batch-level definition: averaged over batches
-        self.n += x_BD.shape[0]
-        self.n_batches += 1
+        B = x_BD.shape[0]
+        self.sse_R += (x_hat_RBD - x_BD).double().pow(2).sum((-2, -1))
+        self.legacy_R += L.legacy_mse(x_hat_RBD, x_BD, center_D).double() * B  # mean over d, summed over tokens
+        self.l1_R += L.l1(colsum(f_RBF), 1).double()
+        self.l0approx_R += L.ratio_colsum(f_RBF, self.eps_R11).double().sum(-1)
+        self.n += B
 
     def sparsity(self) -> torch.Tensor:
-        """s_f: fraction of evaluation tokens on which each feature fires."""
-        return (self.fire_F / max(self.n, 1)).float()
+        """s_f (R, F): fraction of evaluation tokens on which each feature fires."""
+        return (self.fire_RF / max(self.n, 1)).float()
 
-    def summary(self, high_density: tuple[float, ...] = (0.1, 0.2)) -> dict[str, float]:
-        s = self.sparsity()
+    def summary(self, i: int, high_density: tuple[float, ...] = (0.1, 0.2)) -> dict[str, float]:
+        s = self.sparsity()[i]
         n, d = max(self.n, 1), self.sum_x_D.numel()
         var = float((self.sum_x2_D - self.sum_x_D.pow(2) / n).sum())
-        dead = int((self.fire_F == 0).sum())
+        dead = int((self.fire_RF[i] == 0).sum())
+        sse = float(self.sse_R[i])
         out = {
-            "tokens": self.n,
-            "l0": self.l0 / n, "l1": self.l1 / n, "l0approx": self.l0approx / n,
-            "mse_legacy": self.legacy / max(self.n_batches, 1), "mse": self.sse / (n * d),
-            "fvu": self.sse / var if var > 0 else math.nan,
-            "dead": dead, "dead_pct": 100.0 * dead / s.numel(),
+            "tokens": self.n, "l0": float(self.fire_RF[i].sum()) / n, "l1": float(self.l1_R[i]) / n,
+            "l0approx": float(self.l0approx_R[i]) / n, "mse_legacy": float(self.legacy_R[i]) / n,
+            "mse": sse / (n * d), "fvu": sse / var if var > 0 else math.nan, "dead": dead,
+            "dead_pct": 100.0 * dead / s.numel(),
         }
         for t in high_density:
             out[f"dense_gt_{t:g}"] = int((s > t).sum())

@@ -1,24 +1,29 @@
-"""One look for every paper figure: the seaborn theme, run colours keyed by legend label, and saving.
+"""One look for every paper figure, and the figure code the notebooks share: the seaborn theme, run colours
+keyed by legend label, family colours, axes conventions, and saving with provenance.
 
-L0approx runs get a sequential palette ordered by lambda (light = weak penalty, dark = strong); the L1
-reference is always black and dashed, so it reads the same in every figure. Ablation families (L0approx
-alone, L1 + P_freq, plain L1) get a sequential palette of their own each; figures that compare families
-use one colour and marker per family (FAMILY_STYLE).
+L0approx runs get a sequential palette ordered by lambda (light = weak penalty, dark = strong); the L1 reference
+is always black and dashed, so it reads the same in every figure. Ablation families get a sequential palette
+of their own each; figures that compare families use one colour and marker per family (FAMILY_STYLE). Every
+L0-against-error figure puts L0 on x and the error on y, both on log axes.
 """
 
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 import matplotlib.ticker as mticker
+import numpy as np
+import pandas as pd
 import seaborn as sns
 
+from .config import FAMILIES, MAIN_FAMILY, REFERENCE_FAMILY
 from .io import atomic_path
-from .results import FAMILIES, MAIN_FAMILY, REFERENCE_FAMILY, Study
+from .metrics import DEAD_LOG10
+from .provenance import as_json, one_line, provenance
+from .study import Study
 
 REFERENCE_COLOR = "black"
 FAMILY_PALETTES = {MAIN_FAMILY: "flare", "L0approx only": "crest", "L1 + P_freq": "Greens", "plain L1": "Purples"}
@@ -28,7 +33,14 @@ FAMILY_STYLE = {  # family -> colour and marker, for figures that compare loss f
     "L1 + P_freq": {"color": "#3a9d5d", "marker": "^"},
     "plain L1": {"color": "#7b4fa0", "marker": "v"},
     REFERENCE_FAMILY: {"color": REFERENCE_COLOR, "marker": "*"},
+    "TopK": {"color": "#f4a261", "marker": "D"},
+    "BatchTopK": {"color": "#8d6e63", "marker": "P"},
+    "JumpReLU": {"color": "#1d3557", "marker": "X"},
 }
+PAIR_COLORS = ["#d1495b", REFERENCE_COLOR, "#2e86ab", "#3a9d5d"]  # Figure 11's comparisons, in order
+NULL_COLOR = "0.55"
+METRIC_LABELS = {"mse_legacy": "MSE, legacy definition", "mse": "MSE", "fvu": "FVU", "l0": "L0 (active features per token)",
+                 "l1": "L1 (sum of activations per token)", "dead": "dead features"}
 
 
 def use_style() -> None:
@@ -53,12 +65,14 @@ def palette(study: Study) -> dict[str, str]:
                       key=lambda r: study.cfg.run(r).lambda_sparsity)
         if not runs:
             continue
-        name = FAMILY_PALETTES.get(fam, "Greys")
-        # sequential matplotlib maps start near white: skip their lightest shades
-        colours = sns.color_palette(name, len(runs)) if name in ("flare", "crest") else \
-            sns.color_palette(name, len(runs) + 2)[2:]
-        out.update({study.labels[r]: c for r, c in zip(runs, colours.as_hex() if hasattr(colours, "as_hex") else
-                                                       [mpl.colors.to_hex(c) for c in colours])})
+        name = FAMILY_PALETTES.get(fam)
+        if name is None:  # a family without a palette: shades of its own colour
+            colours = sns.light_palette(family_style(fam)["color"], len(runs) + 2)[2:]
+        elif name in ("flare", "crest"):
+            colours = sns.color_palette(name, len(runs))
+        else:  # sequential matplotlib maps start near white: skip their lightest shades
+            colours = sns.color_palette(name, len(runs) + 2)[2:]
+        out.update({study.labels[r]: mpl.colors.to_hex(c) for r, c in zip(runs, colours)})
     out[study.labels[study.reference]] = REFERENCE_COLOR
     return out
 
@@ -84,12 +98,56 @@ def plain_log_ticks(ax: plt.Axes, which: str = "xy") -> None:
         axis.set_minor_formatter(mticker.NullFormatter())
 
 
-def save_figure(fig: plt.Figure, folder: str | Path, name: str) -> list[Path]:
-    """`<folder>/<name>.png` and `.pdf`, each written atomically; the PDF carries no creation date."""
+def log10_sparsity_axis(ax: plt.Axes, s_min: float | None = None) -> None:
+    """The log10(s_f) axis of Figures 5 and 6: dead features at -10 labelled as such, s_min marked."""
+    ax.set_xticks([-10, -8, -6, -4, -2, 0], ["dead\n-10", "-8", "-6", "-4", "-2", "0"])
+    ax.set_xlim(DEAD_LOG10 - 0.5, 0.3)
+    if s_min is not None:
+        ax.axvline(math.log10(s_min), color="0.6", lw=1.5, label=f"s_min = {s_min:g}")
+
+
+def l0_vs_error_axes(ax: plt.Axes, metric: str = "mse_legacy", where: str = "held out") -> None:
+    """Figures 4 and 10: L0 on x, the error on y, both logarithmic; lower left is better."""
+    ax.set(xscale="log", yscale="log", xlabel=f"L0 (active features per token, {where})",
+           ylabel=f"{METRIC_LABELS.get(metric, metric)} ({where})")
+    plain_log_ticks(ax)
+
+
+def metric_vs_step(study: Study, metrics: pd.DataFrame, metric: str, title: str, smooth: int = 1) -> plt.Figure:
+    """Figures 7-9: one training-batch metric against the step, one line per run, log y axis (the values span
+    decades, and the end-of-training differences are what the text compares), and the last value labelled at
+    the right edge."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for run, d in metrics.groupby("run", sort=False):
+        y = d[metric].rolling(smooth, min_periods=1).mean()
+        style = run_style(study, run)
+        ax.plot(d.step, y, lw=1.5, **style)
+        ax.annotate(f"{y.iloc[-1]:.3g}", (d.step.iloc[-1], y.iloc[-1]), xytext=(4, 0), textcoords="offset points",
+                    va="center", fontsize="x-small", color=style["color"])
+    ax.set(yscale="log", xlabel=f"training step ({study.cfg.train.batch_tokens:,} tokens each)",
+           ylabel=f"{METRIC_LABELS.get(metric, metric)} (training batch)", title=title)
+    plain_log_ticks(ax, "y")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.08, 1), fontsize="small")
+    return fig
+
+
+def save_figure(fig: plt.Figure, folder: str | Path, name: str, study: Study | None = None) -> list[Path]:
+    """`<folder>/<name>.png` and `.pdf`, each written atomically, with the provenance of what made them in their
+    metadata (PNG text chunk `Provenance`, PDF `Subject` and `Keywords`); the PDF carries no creation date."""
+    rec = provenance(study.cfg if study else None)
     paths = []
-    for ext, meta in (("png", {"Software": None}), ("pdf", {"CreationDate": None, "Producer": None})):
+    for ext, meta in (("png", {"Software": None, "Description": one_line(rec), "Provenance": as_json(rec)}),
+                      ("pdf", {"CreationDate": None, "Producer": None, "Subject": one_line(rec),
+                               "Keywords": as_json(rec)})):
         path = Path(folder) / f"{name}.{ext}"
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=ext, metadata=meta)
         paths.append(path)
+    print(f"saved {', '.join(str(p) for p in paths)}")
     return paths
+
+
+def ecdf_above(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x, fraction of values >= x) for a step plot of 'fraction above a threshold'."""
+    x = np.sort(np.asarray(values))
+    return x, 1 - np.arange(len(x)) / len(x)

@@ -137,13 +137,21 @@ def _local_documents(path: Path) -> Iterator[str]:
     if not files:
         raise ConfigError(f"invalid value for `text.path`: {path} holds no .txt or .jsonl files")
     for f in files:
-        if f.suffix == ".jsonl":
-            with open(f) as fh:
-                for line in fh:
-                    if line.strip():
-                        yield json.loads(line)["text"]
-        else:
-            yield f.read_text()
+        try:
+            if f.suffix == ".jsonl":
+                with open(f, encoding="utf-8") as fh:
+                    for i, line in enumerate(fh, 1):
+                        if line.strip():
+                            try:
+                                yield json.loads(line)["text"]
+                            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                                raise ConfigError(f"{f}, line {i}: not a JSON object with a `text` field "
+                                                  f"({type(e).__name__}); fix or remove the line (`text.path`)") from None
+            else:
+                yield f.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{f} is not UTF-8 text ({e.reason} at byte {e.start}): convert it to UTF-8 "
+                              "(e.g. `iconv -t utf-8`) or remove it from `text.path`") from None
 
 
 def openwebtext_documents(cfg: TextConfig) -> Iterator[str]:
@@ -187,13 +195,11 @@ class Tokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self.backend.decode(list(ids))
 
-    def token_str(self, i: int) -> str:
-        return self.decode([i])
-
 
 def train_bpe(texts: list[str], vocab_size: int):
     """Byte-level BPE trained on `texts`, with <|endoftext|> as its one special token (BOS and separator)."""
-    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
 
     tok = HFTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -204,18 +210,22 @@ def train_bpe(texts: list[str], vocab_size: int):
     return tok
 
 
-def load_bpe(path: str | Path) -> Tokenizer:
+def load_bpe(path: str | Path, made_by: str = "python -m saelib data --profile ...") -> Tokenizer:
     from tokenizers import Tokenizer as HFTokenizer
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run `python -m saelib data --profile ...` first")
-    return Tokenizer(HFTokenizer.from_file(str(path)), "bpe")
+        raise FileNotFoundError(f"{path} is missing; rerun the step that makes it: `{made_by}`")
+    try:
+        return Tokenizer(HFTokenizer.from_file(str(path)), "bpe")
+    except Exception as e:  # tokenizers raises a bare Exception for a truncated or garbled file
+        raise ValueError(f"{path} is truncated or corrupt (not a readable tokenizer: {str(e)[:80]}); rerun the step "
+                         f"that makes it: `{made_by}`") from None
 
 
 # ---- packing ----
 
-def pack(token_docs: Iterable[list[int]], context: int, bos_id: int, max_sequences: int | None = None) -> np.ndarray:
+def pack(token_docs: Iterable[list[int]], context: int, bos_id: int) -> np.ndarray:
     """Concatenate documents separated by BOS/EOT, cut into (context - 1)-token pieces, prepend BOS to each.
     Returns an int array (n_sequences, context)."""
     body = context - 1
@@ -226,8 +236,6 @@ def pack(token_docs: Iterable[list[int]], context: int, bos_id: int, max_sequenc
         while len(carry) >= body:
             rows.append([bos_id] + carry[:body])
             carry = carry[body:]
-            if max_sequences is not None and len(rows) >= max_sequences:
-                return np.asarray(rows, dtype=np.int64)
     return np.asarray(rows, dtype=np.int64).reshape(-1, context)
 
 

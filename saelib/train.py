@@ -1,43 +1,56 @@
-"""The SAE trainer: Adam, decoder-row gradient projection and renormalisation, named loss terms logged
-every `log_every` steps to `metrics.csv`, checkpoints every `checkpoint_every` steps, a progress bar.
+"""The SAE trainer: a group of runs trained in lockstep on one shared activation stream, as one stacked model per
+width (`stack.SAEStack`); named loss terms logged every `log_every` steps to `metrics.csv`; checkpoints every
+`checkpoint_every` steps; a progress bar (or a progress line every minute in logs).
 
-One process trains a group of runs on one shared activation stream: each batch of activations is computed
-once and every SAE of the group takes its step on it. The stream depends only on the profile seed and each
-SAE's initialisation only on its run name and seed, so a run ends exactly as it would alone.
+The stream depends only on the profile seed and each SAE's initialisation only on its run name and seed, and
+the runs of a stack share no parameter, so a run ends as it would alone (tests/test_train.py).
 
-A checkpoint is `<out>/checkpoints/<group>/ckpt-<step>.safetensors` (every SAE, its Adam moments and
-sparsity tracker; the unserved buffer and its generator state) plus `latest.json` (step, stream position,
-logged rows), which is written last and names the tensors file: a checkpoint exists once `latest.json`
-points at it.
+Checkpoints: `<root>/checkpoints/<group>/ckpt-<step>.safetensors` (every run's weights, Adam moments and tracker
+state; the unserved buffer and its generator) plus `latest.json` (step, stream position, logged rows, every
+run's training settings), written last: a checkpoint exists once `latest.json` points at it. The previous
+checkpoint is kept until a step after the new one has run with finite losses, so the checkpoint that the
+divergence message names is one whose weights are finite and trained on (the "last good" one).
+
+A run is complete when its folder exists: weights, `cfg.json` and `metrics.csv` are written into a temporary
+folder that is renamed into place in one step.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
-import json
 import shutil
 import sys
 import time
 import zlib
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from .activations import ActivationBuffer
-from .config import ProfileConfig, RunConfig, TrainConfig
-from .io import atomic_dir, atomic_write_json, atomic_write_text, load_safetensors, save_safetensors
+from .config import ProfileConfig
+from .io import (
+    ArtifactError,
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    file_digest,
+    load_safetensors,
+    read_json,
+    remove_orphans,
+    save_safetensors,
+)
+from .kernels import use_compile
 from .lm import check_hook, load_lm, pick_device
-from .losses import LossTerms, needs_ratio, sae_loss
-from .metrics import batch_metrics
-from .sae import SAE, SAEOutput
-from .sparsity import R_FLOOR, SparsityTracker
+from .losses import R_FLOOR
+from .provenance import provenance
+from .stack import SAEStack
 
 
 class TrainingDiverged(FloatingPointError):
-    """NaN or Inf in the activations or a loss term."""
+    """NaN or Inf in the activations, a loss term, or an SAE's weights."""
 
 
 def geometric_median(x_ND: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> torch.Tensor:
@@ -54,112 +67,38 @@ def geometric_median(x_ND: torch.Tensor, iters: int = 100, tol: float = 1e-6) ->
     return m.to(x_ND.dtype)
 
 
-def init_seed(run_name: str, seed: int) -> int:
-    """Seed of a run's SAE initialisation: runs differ by name and seed, so no two runs share a starting
-    decoder (which would inflate feature matching between them)."""
-    return seed * 1_000_003 + zlib.crc32(run_name.encode())
-
-
-def run_folder(cfg: ProfileConfig, run_name: str) -> Path:
-    return cfg.out / "runs" / run_name
-
-
-def write_metrics_csv(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        return
+def metrics_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()
     w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
-
-
-def make_optimizer(sae: SAE, t: TrainConfig) -> torch.optim.Adam:
-    """Adam with the single fused kernel over all parameters on CPU and CUDA (5-14x faster than the
-    per-tensor loop on this package's CPU shapes)."""
-    fused = next(sae.parameters()).device.type in ("cpu", "cuda")
-    return torch.optim.Adam(sae.parameters(), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), fused=fused)
-
-
-def train_step(run: RunConfig, sae: SAE, tracker: SparsityTracker, opt: torch.optim.Optimizer, x_BD: torch.Tensor,
-               autocast: bool = False, check=None) -> tuple[SAEOutput, LossTerms]:
-    """One optimiser step of one SAE: forward, every loss term, backward, decoder-gradient projection,
-    Adam, decoder renormalisation. `check(terms)` runs before the backward pass (the finiteness check)."""
-    with torch.autocast("cuda", torch.bfloat16, enabled=autocast):
-        out = sae(x_BD, eps=run.eps if needs_ratio(run) else None)
-        terms = sae_loss(run, sae, x_BD, out, tracker)
-    if check is not None:
-        check(terms)
-    opt.zero_grad(set_to_none=True)
-    terms.total.backward()
-    sae.project_decoder_grad_()
-    opt.step()
-    sae.normalize_decoder_()
-    return out, terms
-
-
-class RunState:
-    """One SAE of a group: its weights, Adam, rolling estimate and logged rows."""
-
-    def __init__(self, cfg: ProfileConfig, name: str, d_in: int, device: torch.device):
-        self.cfg, self.name = cfg, name
-        self.run: RunConfig = cfg.run(name)
-        self.folder = run_folder(cfg, name)
-        gen = torch.Generator().manual_seed(init_seed(name, self.run.seed))
-        self.sae = SAE(d_in, self.run.expansion * d_in, self.run.pre_encoder_bias, generator=gen).to(device)
-        self.window = self.run.window(cfg.train.batch_tokens)
-        self.tracker = SparsityTracker(self.sae.d_sae, self.window, device)
-        self.opt = make_optimizer(self.sae, cfg.train)
-        self.rows: list[dict] = []
-        self.seconds = 0.0  # time spent in this run's steps (all processes)
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        out = {f"sae.{k}": v for k, v in self.sae.state_dict().items()}
-        out |= {f"tracker.{k}": v for k, v in self.tracker.state_dict().items()}
-        for i, p in enumerate(self.sae.parameters()):
-            for k, v in self.opt.state.get(p, {}).items():
-                out[f"adam.{i}.{k}"] = v
-        return {f"run.{self.name}.{k}": v for k, v in out.items()}
-
-    def load_tensors(self, state: dict[str, torch.Tensor], device: torch.device) -> None:
-        pre = f"run.{self.name}."
-        mine = {k[len(pre):]: v for k, v in state.items() if k.startswith(pre)}
-        self.sae.load_state_dict({k[4:]: v for k, v in mine.items() if k.startswith("sae.")})
-        self.sae.to(device)
-        self.tracker.load_state_dict({k[8:]: v for k, v in mine.items() if k.startswith("tracker.")})
-        fused = self.opt.param_groups[0].get("fused")
-        for i, p in enumerate(self.sae.parameters()):
-            s = {k.split(".", 2)[2]: v.to(device) for k, v in mine.items() if k.startswith(f"adam.{i}.")}
-            if s:
-                if not fused:  # the step count lives on the CPU, except for the fused kernel
-                    s["step"] = s["step"].cpu()
-                self.opt.state[p] = s
-
-    def log_row(self, step: int, x_BD, out, terms: LossTerms, lr: float) -> dict:
-        r = self.tracker.rolling()
-        t = {k: float(v.detach()) for k, v in terms._asdict().items()}
-        row = {"step": step, "tokens": (step + 1) * self.cfg.train.batch_tokens,
-               "loss": t["total"], "mse_term": t["mse"], f"{self.run.sparsity}_term": t["sparsity"],
-               "freq_term": t["freq"], "ghost_term": t["ghost"]}
-        row |= batch_metrics(x_BD, out.f_BF, out.x_hat_BD, self.run.eps)
-        row |= {"dead_rolling": int((r <= R_FLOOR).sum()), "below_s_min": int((r < self.run.s_min).sum()),
-                "lr": lr, "seconds": round(self.seconds, 3)}
-        return row
-
-    def save(self, cfg: ProfileConfig) -> None:
-        """Publish the run folder in one step: weights, config and metrics are written into a temporary folder
-        that is then renamed into place, so a run folder that exists is complete (and any older evaluation in
-        it is gone with the old folder)."""
-        with atomic_dir(self.folder) as tmp:
-            self.sae.save(tmp, {"name": self.name, **asdict(self.run), "profile": cfg.name,
-                                "hook": cfg.activations.hook, "train": asdict(cfg.train),
-                                "rolling_window": self.window, "train_seconds": round(self.seconds, 2)})
-            write_metrics_csv(tmp / "metrics.csv", self.rows)
+    return buf.getvalue()
 
 
 def group_id(names: list[str]) -> str:
     """Checkpoint folder name of a group: the run's own name for one run, a hash of the names otherwise."""
     return names[0] if len(names) == 1 else f"group-{zlib.crc32(chr(10).join(names).encode()):08x}"
+
+
+def run_is_complete(cfg: ProfileConfig, name: str) -> bool:
+    """Whether the run's folder holds a finished run of exactly the current training settings."""
+    try:
+        meta = read_json(cfg.run_dir(name) / "cfg.json", keys=("train_hash",))
+    except (FileNotFoundError, ArtifactError):
+        return False
+    return meta["train_hash"] == cfg.stage_hash("train", name) and (cfg.run_dir(name) / "metrics.csv").exists()
+
+
+def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts, with both values."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} in the checkpoint, {b!r} now")
+    return out
 
 
 class Trainer:
@@ -169,66 +108,163 @@ class Trainer:
         names = [run_names] if isinstance(run_names, str) else list(run_names)
         if not names or len(set(names)) != len(names):
             raise ValueError(f"a training group needs distinct run names, got {names}")
-        self.cfg, self.progress = cfg, progress
+        self.cfg, self.names, self.progress = cfg, names, progress
         for n in names:
             cfg.run(n)  # ConfigError for an unknown name, before the LM loads
-        self.ckpt_dir = cfg.out / "checkpoints" / group_id(names)
+        roots = {cfg.stage_root("train", n) for n in names}
+        self.ckpt_dir = (roots.pop() if len(roots) == 1 else cfg.out) / "checkpoints" / group_id(names)
+        for folder in {cfg.run_dir(n).parent for n in names} | {self.ckpt_dir}:
+            remove_orphans(folder)  # temp files of writes a kill interrupted
         self.device = pick_device(cfg.train.device)
+        self.compiled = use_compile(cfg.train.compile)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
             torch.backends.cudnn.allow_tf32 = cfg.train.tf32
-        self.model, _ = load_lm(cfg, self.device)
+        self.model, tok = load_lm(cfg, self.device)
         check_hook(self.model, cfg.activations.hook)
         for p in self.model.parameters():
             p.requires_grad_(False)
         d_in = self.model.cfg.d_model
-        self.runs = [RunState(cfg, n, d_in, self.device) for n in names]
-        self.buffer = ActivationBuffer(self.model, cfg, self.device)
+        # one stack per width, runs in group order within each
+        by_width: dict[int, list[str]] = {}
+        for n in names:
+            by_width.setdefault(cfg.run(n).expansion * d_in, []).append(n)
+        self.stacks = [SAEStack(ns, [cfg.run(n) for n in ns], d_in, cfg.train, self.device) for ns in by_width.values()]
+        self.buffer = ActivationBuffer(self.model, cfg, self.device, bos_id=tok.bos_id)
         self.autocast = self.device.type == "cuda" and cfg.train.autocast_bf16
+        self.rows: dict[str, list[dict]] = {n: [] for n in names}
+        self.seconds: dict[str, float] = {n: 0.0 for n in names}  # training time per run (its share of its stack)
         self.step = 0
-        self.active: RunState | None = None  # the run taking its step (named when training diverges)
+        self.unconfirmed = False  # a checkpoint was written or loaded and no step has run from it yet
 
-    @property
-    def sae(self) -> SAE:
-        """The SAE of a one-run trainer."""
-        if len(self.runs) != 1:
-            raise AttributeError("this trainer holds several SAEs: use .runs[i].sae")
-        return self.runs[0].sae
+    def where(self, name: str) -> tuple[SAEStack, int]:
+        for s in self.stacks:
+            if name in s.names:
+                return s, s.names.index(name)
+        raise KeyError(name)
+
+    def sae(self, name: str | None = None):
+        """A run's SAE (a copy of its slice of the stack); the only run's by default."""
+        if name is None and len(self.names) != 1:
+            raise ValueError("this trainer holds several SAEs: name one")
+        stack, i = self.where(name or self.names[0])
+        return stack.sae(i)
 
     # ---- checkpoints ----
 
-    def _configs(self) -> dict:
-        return json.loads(json.dumps({r.name: asdict(r.run) for r in self.runs}))
-
-    def save_checkpoint(self) -> None:
-        tensors = {}
-        for r in self.runs:
-            tensors |= r.tensors()
-        buf = self.buffer.state_dict()
-        tensors |= buf["tensors"]
-        name = f"ckpt-{self.step}.safetensors"
-        save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, self.ckpt_dir / name)
-        atomic_write_json(self.ckpt_dir / "latest.json", {
-            "step": self.step, "tensors": name, "stream": buf["stream"], "runs": self._configs(),
-            "rows": {r.name: r.rows for r in self.runs}, "seconds": {r.name: r.seconds for r in self.runs}})
-        for old in self.ckpt_dir.glob("ckpt-*.safetensors"):
-            if old.name != name:
-                old.unlink()
+    def settings(self) -> dict:
+        """What a checkpoint must match to be resumed: every run's training settings (SPEC stage `train`)."""
+        return {n: self.cfg.stage_config("train", n) for n in self.names}
 
     def latest_checkpoint(self) -> dict | None:
         path = self.ckpt_dir / "latest.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        if not path.exists():
+            return None
+        return read_json(path, f"delete the folder {self.ckpt_dir} to start afresh",
+                         keys=("step", "tensors", "stream", "settings", "rows"))
+
+    def save_checkpoint(self) -> None:
+        """Checkpoint the state before step `self.step` (previous checkpoints are removed once a step after this
+        one has run finitely: `confirm_checkpoint`)."""
+        for s in self.stacks:
+            ok = s.finite()
+            if not bool(ok.all()):
+                bad = [n for n, good in zip(s.names, ok.tolist()) if not good]
+                self.diverged(f"run(s) {', '.join(bad)}: weights or Adam moments hold NaN or Inf at step {self.step}")
+        tensors = {}
+        for s in self.stacks:
+            for i, n in enumerate(s.names):
+                tensors |= {f"run.{n}.{k}": v for k, v in s.run_tensors(i).items()}
+        buf = self.buffer.state_dict()
+        tensors |= buf["tensors"]
+        name = f"ckpt-{self.step}.safetensors"
+        save_safetensors(tensors, self.ckpt_dir / name)
+        prev = self.latest_checkpoint()
+        atomic_write_json(self.ckpt_dir / "latest.json", {
+            "step": self.step, "tensors": name, "stream": buf["stream"], "settings": self.settings(),
+            "rows": self.rows, "seconds": self.seconds,
+            "previous": {"step": prev["step"], "tensors": prev["tensors"]} if prev else None})
+
+    def remove_unreferenced(self, meta: dict | None) -> None:
+        """Checkpoint files that `latest.json` does not name (a full disk or a kill between writing the tensors
+        and `latest.json`) are removed; without --resume, the whole folder."""
+        if meta is None:
+            shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+            return
+        keep = {meta["tensors"], (meta.get("previous") or {}).get("tensors")}
+        for f in self.ckpt_dir.glob("ckpt-*.safetensors"):
+            if f.name not in keep:
+                f.unlink()
+
+    def confirm_checkpoint(self) -> None:
+        """The newest checkpoint's weights have now trained a step with finite losses: older ones can go."""
+        meta = self.latest_checkpoint()
+        if meta is None:
+            return
+        for old in self.ckpt_dir.glob("ckpt-*.safetensors"):
+            if old.name != meta["tensors"]:
+                old.unlink()
 
     def load_checkpoint(self, meta: dict) -> None:
-        if meta.get("runs") != self._configs():
-            raise ValueError(f"checkpoint in {self.ckpt_dir} was made with another run config; delete the folder "
-                             "to start afresh, or restore the config it was made with")
-        state = load_safetensors(self.ckpt_dir / meta["tensors"])
-        for r in self.runs:
-            r.load_tensors(state, self.device)
-            r.rows, r.seconds = meta["rows"][r.name], meta["seconds"][r.name]
+        diff = config_diff(meta["settings"], self.settings())
+        if diff:
+            raise ArtifactError(f"the checkpoint in {self.ckpt_dir} was made with other settings:\n  " +
+                                "\n  ".join(diff[:12]) + (f"\n  ... and {len(diff) - 12} more" if len(diff) > 12 else "")
+                                + f"\nRestore them to resume, or delete {self.ckpt_dir} to train afresh.")
+        made_by = f"delete the folder {self.ckpt_dir} and retrain"
+        state = load_safetensors(self.ckpt_dir / meta["tensors"], made_by=made_by)
+        for s in self.stacks:
+            for i, n in enumerate(s.names):
+                pre = f"run.{n}."
+                mine = {k[len(pre):]: v.to(self.device) for k, v in state.items() if k.startswith(pre)}
+                if not mine:
+                    raise ArtifactError(f"{self.ckpt_dir / meta['tensors']} holds no state for run {n}; {made_by}")
+                s.load_run_tensors(i, mine)
         self.buffer.load_state_dict(state, meta["stream"])
+        self.rows = meta["rows"]
+        self.seconds = meta.get("seconds", self.seconds)
         self.step = meta["step"]
+        self.unconfirmed = True  # its predecessor goes once a step from it has run
+
+    # ---- divergence ----
+
+    def diverged(self, what: str, cause: str = "sae") -> None:
+        """Stop, naming what diverged and the last good checkpoint; a checkpoint of this very step holds the
+        weights that failed, so the previous one is named (and made the latest)."""
+        meta = self.latest_checkpoint()
+        if meta and meta["step"] >= self.step and cause == "sae":
+            prev = meta.get("previous")
+            (self.ckpt_dir / meta["tensors"]).unlink(missing_ok=True)
+            if prev and (self.ckpt_dir / prev["tensors"]).exists():
+                meta_prev = read_json(self.ckpt_dir / "latest.json") | prev | {"previous": None}
+                atomic_write_json(self.ckpt_dir / "latest.json", meta_prev)
+                meta = meta_prev
+            else:
+                (self.ckpt_dir / "latest.json").unlink(missing_ok=True)
+                meta = None
+        where = (f"last good checkpoint: {self.ckpt_dir / 'latest.json'} (step {meta['step']})" if meta
+                 else "no good checkpoint")
+        if cause == "activations":
+            advice = (f"The SAEs are not at fault: rebuild the LM and data (`{self.cfg.command('lm')}`) or check the "
+                      f"text; then resume with --resume ({where}).")
+        else:
+            advice = (f"{where}. Lower train.lr or the run's lambdas, then resume with --resume" if meta else
+                      f"{where}: lower train.lr or the run's lambdas and train afresh")
+        raise TrainingDiverged(f"{what}. {advice}")
+
+    def check_finite(self, stack: SAEStack, x_BD: torch.Tensor, terms) -> None:
+        if bool(torch.isfinite(terms.total).all()):
+            return
+        if not bool(torch.isfinite(x_BD).all()):
+            n = int((~torch.isfinite(x_BD)).sum())
+            self.diverged(f"non-finite activations at {self.cfg.activations.hook} ({n} values of the batch) at step "
+                          f"{self.step}", cause="activations")
+        bad = []
+        for i, n in enumerate(stack.names):
+            t = [k for k, v in terms._asdict().items() if not bool(torch.isfinite(v[i]))]
+            if t:
+                bad.append(f"run {n}: non-finite {', '.join(t)}")
+        self.diverged("; ".join(bad) + f" at step {self.step}")
 
     # ---- the loop ----
 
@@ -236,71 +272,101 @@ class Trainer:
         t = self.cfg.train
         return t.lr * min(1.0, (step + 1) / t.lr_warmup_steps) if t.lr_warmup_steps else t.lr
 
-    def check_finite(self, x_BD: torch.Tensor, terms: LossTerms) -> None:
-        if bool(torch.isfinite(terms.total)):
-            return
-        bad = [n for n, v in terms._asdict().items() if not bool(torch.isfinite(v))]
-        if not bool(torch.isfinite(x_BD).all()):
-            bad.insert(0, "activations")
-        last = self.latest_checkpoint()
-        where = (f"last good checkpoint: {self.ckpt_dir / 'latest.json'} (step {last['step']})" if last
-                 else "no checkpoint was written yet")
-        raise TrainingDiverged(f"run {self.active.name}: non-finite {', '.join(bad)} at step {self.step}; {where}. "
-                               "Lower train.lr or the lambdas, then resume with --resume.")
+    def log_rows(self, stack: SAEStack, x_BD, out, terms, lr: float) -> None:
+        B = self.cfg.train.batch_tokens
+        cols = {f"{k}_term": v.tolist() for k, v in terms._asdict().items()}
+        cols |= {k: v.tolist() for k, v in stack.batch_metrics(x_BD, out).items()}
+        r = stack.tracker.rolling()
+        cols["dead_rolling"] = (r <= R_FLOOR).sum(-1).tolist()
+        cols["below_s_min"] = (r < stack.s_min_R1).sum(-1).tolist()
+        for i, n in enumerate(stack.names):
+            self.rows[n].append({
+                "step": self.step, "tokens": (self.step + 1) * B, "loss": cols["total_term"][i],
+                "mse_term": cols["mse_term"][i], f"{stack.runs[i].sparsity}_term": cols["sparsity_term"][i],
+                "freq_term": cols["freq_term"][i], "ghost_term": cols["ghost_term"][i],
+                **{k: cols[k][i] for k in ("l0", "l1", "l0approx", "mse_legacy", "mse", "fvu")},
+                "dead_rolling": cols["dead_rolling"][i], "below_s_min": cols["below_s_min"][i], "lr": lr,
+                "seconds": round(self.seconds[n], 3)})
 
-    def log_row(self, r: RunState, x_BD, out, terms: LossTerms, lr: float) -> dict:
-        return r.log_row(self.step, x_BD, out, terms, lr)
-
-    def train(self, resume: bool = False) -> list[Path]:
-        cfg = self.cfg
-        meta = self.latest_checkpoint() if resume else None
-        if meta:
-            self.load_checkpoint(meta)
-        else:
-            median = None  # of the first buffer, shared by every run that starts b_dec there
-            for r in self.runs:
-                if r.run.b_dec_init == "geometric_median":
+    def init_b_dec(self) -> None:
+        """b_dec at the geometric median of the first buffer, for the runs that start there (computed once)."""
+        median = None
+        for s in self.stacks:
+            for i, r in enumerate(s.runs):
+                if r.b_dec_init == "geometric_median":
                     if median is None:
                         median = geometric_median(self.buffer.peek(32768))
                     with torch.no_grad():
-                        r.sae.b_dec.copy_(median)
+                        s.b_dec[i].copy_(median)
+
+    def train(self, resume: bool = False) -> list[Path]:
+        cfg = self.cfg
+        if resume and all(run_is_complete(cfg, n) for n in self.names):
+            print(f"{', '.join(self.names)}: already trained with these settings ({cfg.run_dir(self.names[0]).parent}); "
+                  "nothing to do", file=sys.stderr)
+            shutil.rmtree(self.ckpt_dir, ignore_errors=True)  # a kill after the last publish may have left it
+            return [cfg.run_dir(n) for n in self.names]
+        meta = self.latest_checkpoint() if resume else None
+        self.remove_unreferenced(meta)
+        if meta:
+            self.load_checkpoint(meta)
+        else:
+            self.init_b_dec()
         steps, B = cfg.train.steps, cfg.train.batch_tokens
-        desc = self.runs[0].name if len(self.runs) == 1 else f"{len(self.runs)} SAEs"
+        desc = self.names[0] if len(self.names) == 1 else f"{len(self.names)} SAEs"
         bar = tqdm(total=steps, initial=self.step, desc=desc, disable=not self.progress, mininterval=2)
         t_start = last_note = time.time()
         start = self.step
         while self.step < steps:
+            if self.step % cfg.train.checkpoint_every == 0 and self.step > start:
+                self.save_checkpoint()
+                self.unconfirmed = True
             x = self.buffer.next_batch(B)
             lr = self.lr_at(self.step)
             log = self.step % cfg.train.log_every == 0 or self.step == steps - 1
-            for r in self.runs:
-                self.active = r
+            for s in self.stacks:
                 t0 = time.perf_counter()
-                for g in r.opt.param_groups:
-                    g["lr"] = lr
-                out, terms = train_step(r.run, r.sae, r.tracker, r.opt, x, self.autocast,
-                                        check=lambda terms: self.check_finite(x, terms))
+                out, terms = s.step(x, lr, self.autocast, check=lambda terms, s=s: self.check_finite(s, x, terms))
                 if log:
-                    r.rows.append(self.log_row(r, x, out, terms, lr))
-                r.seconds += time.perf_counter() - t0
+                    self.log_rows(s, x, out, terms, lr)
+                dt = (time.perf_counter() - t0) / len(s)
+                for n in s.names:
+                    self.seconds[n] += dt
+            if self.unconfirmed:
+                self.confirm_checkpoint()
+                self.unconfirmed = False
             if log:
-                l0 = [r.rows[-1]["l0"] for r in self.runs]
+                l0 = [self.rows[n][-1]["l0"] for n in self.names]
                 bar.set_postfix(l0=f"{min(l0):.1f}" + (f"..{max(l0):.1f}" if len(l0) > 1 else ""), refresh=False)
             self.step += 1
             bar.update(1)
             if not self.progress and time.time() - last_note >= 60:  # logs without a progress bar
                 last_note = time.time()
                 rate = (self.step - start) * B / (last_note - t_start)
-                print(f"step {self.step}/{steps}: {rate:,.0f} tokens/s through each of {len(self.runs)} SAE(s) "
-                      f"({rate * len(self.runs):,.0f} SAE-tokens/s), about {(steps - self.step) * B / rate / 60:.1f} "
+                print(f"step {self.step}/{steps}: {rate:,.0f} tokens/s through each of {len(self.names)} SAE(s) "
+                      f"({rate * len(self.names):,.0f} SAE-tokens/s), about {(steps - self.step) * B / rate / 60:.1f} "
                       "min left", file=sys.stderr, flush=True)
-            if self.step % cfg.train.checkpoint_every == 0 and self.step < steps:
-                self.save_checkpoint()
         bar.close()
-        for r in self.runs:
-            r.save(cfg)
+        for s in self.stacks:
+            for i, n in enumerate(s.names):
+                self.publish(n, s, i)
         shutil.rmtree(self.ckpt_dir, ignore_errors=True)  # the final weights supersede the checkpoints
-        return [r.folder for r in self.runs]
+        return [cfg.run_dir(n) for n in self.names]
+
+    def publish(self, name: str, stack: SAEStack, i: int) -> None:
+        """Write the run's folder in one step (a temporary folder renamed into place)."""
+        cfg, run = self.cfg, stack.runs[i]
+        if not bool(stack.finite()[i]):
+            self.diverged(f"run {name}: its final weights hold NaN or Inf")
+        with atomic_dir(cfg.run_dir(name)) as tmp:
+            atomic_write_text(tmp / "metrics.csv", metrics_csv(self.rows[name]))
+            stack.sae(i).save(tmp, dataclasses.asdict(run), {
+                "name": name, "config": cfg.base_run(name), "profile": cfg.name, "variant": cfg.variant,
+                "label": run.label, "family": run.family, "hook": cfg.activations.hook,
+                "rolling_window": stack.windows[i], "train_seconds": round(self.seconds[name], 2),
+                "train_hash": cfg.stage_hash("train", name), "settings": cfg.stage_config("train", name),
+                "files": {"metrics.csv": file_digest(tmp / "metrics.csv")}, "metrics_rows": len(self.rows[name]),
+                "provenance": provenance(cfg, self.device)})
 
 
 def train_runs(cfg: ProfileConfig, run_names: list[str], resume: bool = False, progress: bool = True) -> list[Path]:
@@ -310,3 +376,4 @@ def train_runs(cfg: ProfileConfig, run_names: list[str], resume: bool = False, p
 
 def train_run(cfg: ProfileConfig, run_name: str, resume: bool = False, progress: bool = True) -> Path:
     return train_runs(cfg, [run_name], resume, progress)[0]
+

@@ -31,3 +31,17 @@ def smoke_twin(smoke_lm, tmp_path_factory):
     for sub in ("data", "lm"):
         shutil.copytree(smoke_lm / sub, out / sub)
     return out
+
+
+def write_data(cfg, train=None, heldout=None, vocab_size=50, bos_id=0):
+    """Token arrays in a profile's data folder with the info.json the data step writes (checksums, stage hash):
+    for tests that bring their own tokens."""
+    from saelib.io import atomic_write_json, file_digest, save_npy
+
+    files = {}
+    for name, arr in (("train.npy", train), ("heldout.npy", heldout)):
+        if arr is not None:
+            save_npy(cfg.data_dir / name, arr.astype("int32"))
+            files[name] = file_digest(cfg.data_dir / name)
+    atomic_write_json(cfg.data_dir / "info.json", {"files": files, "stage_hash": cfg.stage_hash("data"),
+                                                   "vocab_size": vocab_size, "bos_id": bos_id})

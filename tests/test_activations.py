@@ -6,7 +6,8 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from saelib.activations import ActivationBuffer, SequenceStream, hook_activations
 from saelib.config import load_profile
-from saelib.data import save_npy
+
+from .conftest import write_data
 
 
 def small_model(d_model=16):
@@ -18,9 +19,10 @@ def small_model(d_model=16):
 @pytest.fixture
 def profile(tmp_path):
     cfg = load_profile("smoke", {"out_dir": str(tmp_path), "activations.context": 8, "activations.buffer_tokens": 64,
+                                 "train.batch_tokens": 16, "train.tokens": 1600,
                                  "activations.lm_batch_sequences": 3})
     rng = np.random.default_rng(0)
-    save_npy(tmp_path / "data" / "train.npy", rng.integers(0, 50, size=(20, 8)).astype(np.int32))
+    write_data(cfg, train=rng.integers(0, 50, size=(20, 8)))
     return cfg
 
 

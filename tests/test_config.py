@@ -2,13 +2,13 @@ import math
 
 import pytest
 
-from saelib.config import ConfigError, RunConfig, load_profile
+from saelib.config import ROOT, ConfigError, RunConfig, load_profile, sci
 
 
 @pytest.mark.parametrize("profile", ["paper", "tiny", "smoke"])
 def test_profiles_load(profile):
     cfg = load_profile(profile)
-    assert cfg.reference_run in cfg.run_names
+    assert cfg.reference_run in cfg.runs
     assert len([r for r in cfg.run_names if cfg.run(r).sparsity == "l0approx"]) >= 5
     assert cfg.activations.hook == "blocks.1.hook_resid_pre"
 
@@ -30,28 +30,35 @@ def test_paper_profile_matches_the_post():
 
 
 def test_overrides_apply_and_parse_types():
-    cfg = load_profile("smoke", ["train.tokens=2048", "runs.l0a_1.lambda_sparsity=3e-5", "train.device=cpu"])
-    assert cfg.train.tokens == 2048
-    assert cfg.run("l0a_1").lambda_sparsity == 3e-5  # `3e-5` is a string to YAML 1.1: still accepted as float
+    cfg = load_profile("smoke", ["train.tokens=3e4", "runs.l0a_1.lambda_sparsity=3e-5", "train.device=cpu"])
+    assert cfg.train.tokens == 30000  # `3e4` is a string to YAML 1.1: still an integer
+    assert cfg.run("l0a_1").lambda_sparsity == 3e-5
 
 
 @pytest.mark.parametrize("override, match", [
-    ("train.tokenz=5", "unknown key.*train.tokenz.*valid keys.*tokens"),
-    ("nonsense=1", "unknown key.*nonsense"),
-    ("run_defaults.s_min=1.5", "s_min.*0 < s_min < 1"),
+    ("train.tokenz=5", "unknown key `train.tokenz`; valid keys under `train`: tokens"),
+    ("nonsense=1", "unknown key `nonsense`"),
+    ("run_defaults.s_min=1.5", "run_defaults.s_min`: must satisfy 0 < s_min < 1"),
     ("run_defaults.s_min=0", "s_min"),
-    ("run_defaults.eps=0", "eps.*> 0"),
-    ("runs.l0a_1.lambda_sparsity=-1", "lambda_sparsity.*>= 0"),
-    ("run_defaults.expansion=0", "expansion.*> 0"),
-    ("run_defaults.sparsity=l2", "valid values: l0approx, l1, tanh"),
-    ("train.tokens=abc", "expected an integer"),
+    ("run_defaults.eps=0", "eps`: must be > 0"),
+    ("runs.l0a_1.lambda_sparsity=-1", "runs.l0a_1.lambda_sparsity`: must be >= 0"),
+    ("run_defaults.expansion=0", "expansion`: must be > 0"),
+    ("run_defaults.sparsity=l2", "valid values: l0approx, l1 or tanh"),
+    ("train.tokens=abc", "train.tokens`: expected an integer"),
     ("train.batch_tokens=0", "batch_tokens"),
-    ("lm.d_model=130", "divisible"),
+    ("lm.d_model=130", "lm.d_model`: must be divisible"),
     ("activations.hook=resid", "blocks"),
     ("reference_run=nope", "one of the runs"),
     ("run_defaults.ghost=maybe", "true or false"),
+    ("run_defaults.ghost=1", "true or false"),
     ("runs.l0a_1.lambda_min=nan", "finite"),
+    ("train.tokens=true", "integer"),
     ("train", "key=value"),
+    ("runs.l0a_1.label=x", "labels are derived from the values"),
+    ("activations.buffer_tokens=256", "buffer_tokens.*must be >= train.batch_tokens"),
+    ("activations.context=100000", "activations.context`: must be <= 4096"),
+    ("train.device=gpu", "cuda:N"),
+    ("runs.x/y.expansion=2", "names may hold only"),
 ])
 def test_bad_overrides_are_config_errors(override, match):
     with pytest.raises(ConfigError, match=match):
@@ -66,8 +73,13 @@ def test_unknown_profile_and_run():
         cfg.run("nope")
 
 
-def test_run_label_default():
-    assert "l1" in RunConfig(sparsity="l1").label
+def test_labels_are_derived_from_the_values():
+    cfg = load_profile("smoke", ["runs.l0a_3.lambda_sparsity=2.5e-3"])
+    assert cfg.run("l0a_3").label == "λ0 = 2.5e-3" and cfg.run("l0a_3_s1").label == "λ0 = 2.5e-3"
+    assert cfg.run("ref_l1").label == "L1 reference (λ1 = 1e-3)"
+    assert cfg.run("l1_plain_1").label == "plain L1, λ1 = 2.5e-4"
+    assert RunConfig(sparsity="l1", lambda_min=1e-6).family == "L1 + P_freq"
+    assert [sci(x) for x in (2e-3, 1.2e-3, 8e-5, 0.25)] == ["2e-3", "1.2e-3", "8e-5", "2.5e-1"]
 
 
 def test_cli_reports_config_error(capsys):
@@ -88,3 +100,38 @@ def test_seeds_expand_every_run():
         load_profile("smoke", {"seeds": [1, 1]})
     with pytest.raises(ConfigError, match="seed"):
         load_profile("smoke", {"runs.l0a_1.seed": 2})
+
+
+def test_a_variant_gets_its_own_folder_and_reuses_what_it_does_not_change():
+    base = load_profile("smoke")
+    assert base.out == ROOT / "results" / "smoke" and base.variant == ""
+    v = load_profile("smoke", ["runs.l0a_3.lambda_sparsity=2.5e-3"])
+    assert v.variant and v.out == ROOT / "results" / f"smoke+{v.variant}"
+    assert v.data_dir == base.data_dir and v.lm_dir == base.lm_dir  # data and LM: the profile's
+    assert v.run_dir("l0a_1") == base.run_dir("l0a_1")  # an unchanged run: the profile's
+    assert v.run_dir("l0a_3") == v.out / "runs" / "l0a_3" and v.run_dir("l0a_3_s1").parent == v.out / "runs"
+    e = load_profile("smoke", ["eval.tokens=4096"])  # evaluation only: training reused, evaluation its own
+    assert e.run_dir("l0a_1") == base.run_dir("l0a_1") and e.eval_dir("l0a_1") == e.out / "runs" / "l0a_1"
+    named = load_profile("smoke", ["runs.l0a_3.lambda_sparsity=2.5e-3", "variant=lam"])
+    assert named.out == ROOT / "results" / "smoke+lam"
+    assert load_profile("smoke", ["train.tokens=2048"]).lm_dir == base.lm_dir  # training does not touch the LM
+    assert load_profile("smoke", ["tokenizer.vocab_size=600"]).data_dir != base.data_dir
+    # an explicit out_dir holds everything itself (tests, hand-made folders)
+    own = load_profile("smoke", ["out_dir=/tmp/x", "train.tokens=2048"])
+    assert own.data_dir == own.out / "data" and own.run_dir("l0a_1") == own.out / "runs" / "l0a_1"
+
+
+def test_stage_hashes_depend_on_exactly_their_settings():
+    a, b = load_profile("smoke"), load_profile("smoke", ["runs.l0a_3.lambda_sparsity=9.9e-3"])
+    assert a.stage_hash("train", "l0a_1") == b.stage_hash("train", "l0a_1")
+    assert a.stage_hash("train", "l0a_3") != b.stage_hash("train", "l0a_3")
+    c = load_profile("smoke", ["train.checkpoint_every=7", "train.runs_per_process=2"])  # no effect on results
+    assert all(a.stage_hash("train", r) == c.stage_hash("train", r) for r in a.run_names)
+    d = load_profile("smoke", ["analysis.bin_width=0.1"])
+    assert all(a.stage_hash("eval", r) == d.stage_hash("eval", r) for r in a.run_names)
+
+
+def test_relative_paths_are_from_the_repository_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_profile("smoke").out == ROOT / "results" / "smoke"
+    assert load_profile("smoke", ["out_dir=rel"]).out == ROOT / "rel"

@@ -150,8 +150,8 @@ def test_loaded_sae_lens_sae_evaluates_like_ours(smoke_lm, tmp_path):
     model, _ = load_lm(cfg)
     sae = make_run(tmp_path / "runs" / "r", True, d_in=cfg.lm.d_model, d_sae=64)
     back = load_sae_lens(export_run(tmp_path / "runs" / "r", tmp_path / "export"))
-    ours, _ = evaluate_sae(model, sae, cfg, eps=0.2, progress=False)
-    theirs, _ = evaluate_sae(model, back, cfg, eps=0.2, progress=False)
+    ours, _, _ = evaluate_sae(model, sae, cfg, eps=0.2, progress=False)
+    theirs, _, _ = evaluate_sae(model, back, cfg, eps=0.2, progress=False)
     assert ours.keys() == theirs.keys()
     for k in ours:
         assert theirs[k] == pytest.approx(ours[k], rel=1e-5, abs=1e-6), k
@@ -161,7 +161,7 @@ def test_loaded_sae_lens_sae_evaluates_like_ours(smoke_lm, tmp_path):
 def test_evaluate_released_writes_the_table1_row(smoke_lm, tmp_path, capsys):
     """`evaluate-released` on an sae-lens folder: eval.json and features.safetensors under runs/released_ref
     (where Table 1 looks for the released reference's row)."""
-    from saelib.results import RELEASED_RUN
+    from saelib.study import RELEASED_RUN
 
     out = tmp_path / "res"
     out.mkdir()
@@ -173,6 +173,6 @@ def test_evaluate_released_writes_the_table1_row(smoke_lm, tmp_path, capsys):
     assert main(["evaluate-released", "--profile", "smoke", "--source", str(tmp_path / "export"), *over,
                  "--no-progress"]) == 0
     ev = json.loads((out / "runs" / RELEASED_RUN / "eval.json").read_text())
-    assert ev["run"] == RELEASED_RUN and ev["tokens"] == 1024 and 0 <= ev["dead"] <= 64
+    assert ev["run"] == RELEASED_RUN and ev["tokens"] == 1024 - 8 and 0 <= ev["dead"] <= 64  # 8 BOS left out
     assert (out / "runs" / RELEASED_RUN / "features.safetensors").exists()
     capsys.readouterr()

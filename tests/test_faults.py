@@ -1,7 +1,6 @@
 """Injected faults: SIGKILL at random points of training, a full disk while checkpointing. Nothing may be
 lost: the resumed run ends bit-identical to an uninterrupted one."""
 
-import errno
 import json
 import os
 import random
@@ -80,40 +79,89 @@ def test_sigkill_at_random_steps_then_resume_is_bit_identical(smoke_lm, smoke_tw
     assert not list(folder.parent.glob(".*.tmp")) and not (smoke_lm / "checkpoints" / run).exists()
 
 
-def test_disk_full_while_checkpointing_keeps_previous_checkpoint(smoke_lm, smoke_twin, monkeypatch):
+@pytest.fixture
+def small_disk(smoke_lm, tmp_path):
+    """A copy of the smoke data and LM whose `checkpoints/` folder is a real 24 MB filesystem (tmpfs); skipped
+    where mounting is not permitted."""
+    out = tmp_path / "out"
+    for sub in ("data", "lm"):
+        shutil.copytree(smoke_lm / sub, out / sub)
+    mnt = out / "checkpoints"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24M", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here ({r.stderr.strip()[:80]})")
+    yield out
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill(folder, leave: int) -> None:
+    """Fill the filesystem of `folder` with a ballast file until `leave` bytes are free."""
+    st = os.statvfs(folder)
+    free = st.f_bavail * st.f_frsize
+    with open(folder / "ballast", "wb") as fh:
+        fh.write(b"\0" * max(0, free - leave))
+
+
+@pytest.mark.parametrize("leave", ["nothing", "room for the tensors only"])  # noqa: C901
+def test_a_full_disk_while_checkpointing_loses_nothing(small_disk, smoke_twin, leave):
+    """A real ENOSPC at the third checkpoint (the filesystem filled by a ballast file): with no room at all the
+    tensors' temp file is cut short; filled after the tensors were written, latest.json cannot be, and a complete
+    but unreferenced tensors file is left. Either way the
+    previous checkpoint stays valid, the error names the problem, and after space is freed the resumed run
+    removes the leftovers and ends bit-identical to an uninterrupted one."""
     run = "l0a_5"
-    cfg = load_profile("smoke", _over(smoke_lm))
-    import saelib.io as sio
+    over = _over(small_disk) | {"train.log_every": 1}
+    cfg = load_profile("smoke", over)
+    ckpt = small_disk / "checkpoints" / run
+    import saelib.train as T
 
-    real = sio.save_file
-    calls = {"n": 0}
+    real_save = T.save_safetensors
+    state = {"calls": 0}
 
-    def full_disk(tensors, path, metadata=None):
-        calls["n"] += 1
-        if calls["n"] == 3:  # the third checkpoint: write part of it, then the disk is full
-            with open(path, "wb") as fh:
-                fh.write(b"\0" * 1000)
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(tensors, path, metadata=metadata)
+    def save_then_fill(tensors, path, *a, **k):
+        # the third checkpoint: the disk fills up (another writer) before (`nothing`) or after its tensors
+        state["calls"] += 1
+        if state["calls"] == 3 and leave == "nothing":
+            fill(small_disk / "checkpoints", 0)
+        real_save(tensors, path, *a, **k)
+        if state["calls"] == 3 and leave != "nothing":
+            fill(small_disk / "checkpoints", 0)
 
-    monkeypatch.setattr(sio, "save_file", full_disk)
-    with pytest.raises(OSError, match="No space"):
-        train_run(cfg, run, progress=False)
-    ckpt = smoke_lm / "checkpoints" / run
+    T.save_safetensors = save_then_fill
+    try:
+        with pytest.raises(OSError, match="No space left on device"):
+            train_run(cfg, run, progress=False)
+    finally:
+        T.save_safetensors = real_save
     meta = json.loads((ckpt / "latest.json").read_text())
     assert meta["step"] == 20 and (ckpt / meta["tensors"]).exists()
-    assert not list(ckpt.glob(".*.tmp"))  # the partial file is gone
-    monkeypatch.setattr(sio, "save_file", real)
-    tr = Trainer(cfg, run, progress=False)
-    tr.load_checkpoint(meta)  # the previous checkpoint is intact and loads
-    assert tr.step == 20
-    _same(uninterrupted(smoke_twin, run), train_run(cfg, run, resume=True, progress=False))
+    assert not list(ckpt.glob(".*.tmp"))  # partial files are removed
+    if leave != "nothing":
+        assert (ckpt / "ckpt-30.safetensors").exists()  # complete, but latest.json does not name it
+    (small_disk / "checkpoints" / "ballast").unlink()
+    folder = train_run(cfg, run, resume=True, progress=False)
+    _same(train_run(load_profile("smoke", _over(smoke_twin) | {"train.log_every": 1}), run, progress=False), folder)
+    assert not ckpt.exists()
+
+
+def test_leftovers_of_killed_writes_are_removed_on_the_next_start(smoke_lm):
+    cfg = load_profile("smoke", _over(smoke_lm))
+    runs = smoke_lm / "runs"
+    runs.mkdir(exist_ok=True)
+    orphans = [runs / ".l0a_1.abc123.tmp", runs / ".l0a_1.def456.old", runs / ".cfg.json.xyz.tmp"]
+    orphans[0].mkdir()
+    (orphans[0] / "sae.safetensors").write_bytes(b"partial")
+    orphans[1].mkdir()
+    orphans[2].write_text("{")
+    Trainer(cfg, "l0a_1", progress=False)
+    assert not any(p.exists() for p in orphans)
 
 
 def test_checkpoint_of_another_config_is_refused(smoke_lm):
     cfg = load_profile("smoke", _over(smoke_lm) | {"train.tokens": 30 * 1024})
     tr = Trainer(cfg, "l0a_1", progress=False)
     tr.save_checkpoint()
-    cfg2 = load_profile("smoke", _over(smoke_lm) | {"runs.l0a_1.lambda_sparsity": 1.0})
-    with pytest.raises(ValueError, match="another run config"):
+    cfg2 = load_profile("smoke", _over(smoke_lm) | {"train.tokens": 30 * 1024, "runs.l0a_1.lambda_sparsity": 1.0})
+    with pytest.raises(ValueError, match="(?s)other settings.*l0a_1.run.lambda_sparsity: 0.0008 in the checkpoint, 1.0 now"):
         train_run(cfg2, "l0a_1", resume=True, progress=False)

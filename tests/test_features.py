@@ -9,8 +9,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from saelib.activations import hook_activations
 from saelib.config import load_profile
-from saelib.features import (add_contexts, analyze_run, collect_examples, dense_features, feature_scan,
-                             render_contexts_html)
+from saelib.features import add_contexts, analyze_run, collect_examples, dense_features, feature_scan, render_contexts_html
 from saelib.sae import SAE
 
 HOOK = "blocks.1.hook_resid_pre"
@@ -140,19 +139,22 @@ def test_html_escapes_text_and_marks_the_token():
 
 
 def test_analyze_run_on_the_smoke_lm(smoke_lm):
-    """The real path: smoke LM and tokenizer, a saved (untrained) SAE, no features.safetensors (scan first)."""
-    cfg = load_profile("smoke", {"out_dir": str(smoke_lm)})
-    sae = SAE(cfg.lm.d_model, 32, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        sae.b_enc.fill_(0.5)  # dense on purpose
-    sae.save(smoke_lm / "runs" / "feat_test")
-    dense, ex = analyze_run(cfg, "feat_test", threshold=0.1, k=5, per_band=2)
+    """The real path: smoke LM and tokenizer, a briefly trained run, no features.safetensors (scan first); BOS
+    positions left out as the evaluation leaves them out."""
+    from saelib.data import load_tokenizer
+    from saelib.evaluate import heldout_sequences
+    from saelib.train import train_run
+
+    cfg = load_profile("smoke", {"out_dir": str(smoke_lm), "train.tokens": 10 * 1024})
+    train_run(cfg, "l1_plain_1", progress=False)
+    dense, ex = analyze_run(cfg, "l1_plain_1", threshold=0.1, k=5, per_band=2)
     assert len(dense) > 0 and (dense.s_f > 0.1).all()
     assert set(ex.top.feature) <= set(dense.feature)
     assert ex.positions.to_numpy().sum() == ex.summary.fires.sum()
-    assert ex.n_tokens == cfg.eval.tokens
+    seqs = heldout_sequences(cfg)
+    assert ex.n_tokens == int((seqs != load_tokenizer(cfg).bos_id).sum())
+    assert ex.positions[0].sum() == 0  # position 0 is always BOS: never counted
     assert {"left", "token", "right"} <= set(ex.top.columns) and {"left", "token"} <= set(ex.bands.columns)
     page = render_contexts_html(ex.top)
     assert page.count("<mark") == min(len(ex.top), 200)
-    # sequences start with BOS `<|endoftext|>`: escaped wherever it shows
-    assert "<|endoftext|>" not in page
+    assert "<|endoftext|>" not in page  # BOS shows in contexts (escaped), never as the marked token

@@ -13,8 +13,9 @@ from saelib.config import load_profile
 from saelib.evaluate import evaluate_sae
 from saelib.lm import check_hook, load_lm
 from saelib.sae import SAE
-from saelib.data import save_npy
 from saelib.text import HubUnreachableError, openwebtext_documents, pack
+
+from .conftest import write_data
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +40,11 @@ def test_paper_hook_shapes_on_gpt2_sized_model(gpt2_sized):
 
 def test_evaluation_splices_into_gpt2_sized_model(gpt2_sized, tmp_path):
     cfg = load_profile("paper", {"out_dir": str(tmp_path), "eval.tokens": 256, "eval.batch_sequences": 2})
-    save_npy(tmp_path / "data" / "heldout.npy", np.random.default_rng(0).integers(0, 50257, (2, 128)).astype(np.int32))
-    res, stats = evaluate_sae(gpt2_sized, SAE(768, 1536), cfg, eps=0.2, progress=False)
-    assert res["tokens"] == 256 and stats.sparsity().shape == (1536,)
+    toks = np.random.default_rng(0).integers(1, 50257, (2, 128))
+    toks[:, 0] = 50256  # BOS, left out of the metrics
+    write_data(cfg, heldout=toks, vocab_size=50257, bos_id=50256)
+    res, s_F, _ = evaluate_sae(gpt2_sized, SAE(768, 1536), cfg, eps=0.2, progress=False, bos_id=50256)
+    assert res["tokens"] == 254 and s_F.shape == (1536,)
     for k in ("ce_clean", "ce_sae", "ce_zero", "l0", "mse_legacy", "fvu", "dead"):
         assert np.isfinite(res[k])
 

@@ -1,0 +1,13 @@
+"""nbval runs every notebook here on the smoke results (`make test` builds them first): the notebooks open
+$SAELIB_PROFILE (default `tiny`, for someone exploring after `make figures`), so it is set to `smoke` for the kernels
+nbval starts; the sanitize file is found from any working directory."""
+
+import os
+from pathlib import Path
+
+os.environ["SAELIB_PROFILE"] = "smoke"
+
+
+def pytest_configure(config):
+    if getattr(config.option, "sanitize_with", None) is None:
+        config.option.sanitize_with = str(Path(__file__).parent / "nbval_sanitize.cfg")
