@@ -39,6 +39,7 @@ test: $(BIN)/.installed
 	$(BIN)/ruff check saelib tests
 	$(SNAKEMAKE) --lint --config profile=smoke
 	$(SNAKEMAKE) --cores $(CORES) --config profile=smoke
+	$(SNAKEMAKE) --cores $(CORES) --config profile=synth_smoke
 	$(BIN)/python -m pytest -q
 
 fast: $(BIN)/.installed
@@ -59,7 +60,8 @@ long: $(BIN)/.installed
 NBSTRIP_KEYS := metadata.papermill cell.metadata.papermill metadata.jupytext metadata.language_info.version
 notebooks: $(BIN)/.installed
 	$(SNAKEMAKE) --cores $(CORES) evaluated --config profile=smoke
-	SAELIB_PROFILE=smoke $(BIN)/jupyter execute --inplace paper_nbs/*.ipynb
+	$(SNAKEMAKE) --cores $(CORES) evaluated --config profile=synth_smoke
+	SAELIB_PROFILE=smoke SAELIB_SYNTH_PROFILE=synth_smoke $(BIN)/jupyter execute --inplace paper_nbs/*.ipynb
 	$(BIN)/nbstripout --keep-count --extra-keys "$(NBSTRIP_KEYS)" paper_nbs/*.ipynb
 
 # uv resolves against the package index; torch is pinned to the CPU wheel on this disk (--find-links) so that the

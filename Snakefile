@@ -14,6 +14,9 @@ configfile: "config/workflow.yaml"
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/pipeline.smk"
 include: "workflow/rules/notebooks.smk"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 
@@ -60,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_data(cfg, args) -> dict:
+    if cfg.synthetic_source:
+        from .synthetic import prepare
+
+        return prepare(cfg)
     from .data import prepare_data
 
     return prepare_data(cfg)
@@ -71,6 +76,8 @@ def cmd_lm(cfg, args) -> dict:
     from .lm import heldout_loss, load_lm, pick_device, save_lm, train_lm
     from .provenance import provenance
 
+    if cfg.synthetic_source:
+        raise ConfigError(f"profile {cfg.name!r} draws its activations from a synthetic model: it has no LM to train")
     device = pick_device(cfg.train.device)
     data = data_info(cfg)
     held = load_tokens(cfg, "heldout")
@@ -167,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     from .train import TrainingDiverged
 
     keep_freed_memory()
+    if getattr(args, "no_progress", False):
+        os.environ["TQDM_DISABLE"] = "1"  # libraries' own progress bars too (sae-lens's orthogonalisation)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
 

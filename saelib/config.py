@@ -118,7 +118,57 @@ MAX_CONTEXT = 4096
 
 
 @dataclass(config=STRICT)
+class SyntheticConfig:
+    """The synthetic model of a ground-truth profile (sae-lens's SyntheticModel; SPEC "Ground truth"). Defaults are
+    the standard SynthSAEBench-16k world; `synth` scales it down (config/synth.yaml says how)."""
+
+    num_features: PosInt = 16_384
+    """True features."""
+    hidden_dim: PosInt = 768
+    """Dimension of the activations (the SAEs' d_in)."""
+    zipf_exponent: PosFloat = 0.5
+    """Firing probabilities fall off as 1/i^exponent from max_prob to min_prob (Zipfian)."""
+    max_prob: Annotated[float, Field(gt=0, le=1)] = 0.4
+    """Firing probability of the most frequent feature."""
+    min_prob: Annotated[float, Field(gt=0, le=1)] = 5e-4
+    """Firing probability of the rarest feature."""
+    hierarchy_roots: NonNegInt = 128
+    """Root features of the hierarchy (a child fires only with its parent); 0: no hierarchy."""
+    branching_factor: PosInt = 4
+    """Children per parent in the hierarchy."""
+    max_depth: PosInt = 3
+    """Levels below the roots."""
+    mutually_exclusive_portion: Annotated[float, Field(ge=0, le=1)] = 1.0
+    """Share of parents whose children are mutually exclusive (one fires at a time)."""
+    orthogonalization_steps: NonNegInt = 100
+    """Steps pushing the feature directions apart (0: random unit vectors)."""
+    correlation_rank: NonNegInt = 25
+    """Rank of the low-rank correlation between features' firing (0: independent)."""
+    correlation_scale: NonNegFloat = 0.1
+    """Strength of that correlation."""
+    magnitude_start: PosFloat = 5.0
+    """Mean firing magnitude of the most frequent feature (falls linearly to magnitude_end)."""
+    magnitude_end: PosFloat = 4.0
+    """Mean firing magnitude of the rarest feature."""
+    magnitude_std_mean: NonNegFloat = 0.5
+    """Spread of the magnitudes: each feature's std is |N(this, magnitude_std_std)|."""
+    magnitude_std_std: NonNegFloat = 0.5
+    """See magnitude_std_mean."""
+    bias: NonNegFloat = 0.5
+    """Norm of a constant bias added to every activation."""
+    seed: Int = 42
+    """Seed of the model's construction (directions, probabilities, hierarchy, magnitudes)."""
+    model_path: Optional[str] = None
+    """A saved SyntheticModel folder to use instead of building one (its shape must match)."""
+
+    def __post_init__(self):
+        _check(self.min_prob <= self.max_prob, "min_prob", "must be <= synthetic.max_prob")
+
+
+@dataclass(config=STRICT)
 class ActivationsConfig:
+    source: Literal["lm", "synthetic"] = "lm"
+    """Where the SAEs' activations come from: the LM at `hook`, or the `synthetic` model (ground truth)."""
     hook: str = "blocks.1.hook_resid_pre"
     """TransformerLens hook whose activations the SAEs reconstruct."""
     context: Annotated[int, BeforeValidator(_int), Field(ge=2, le=MAX_CONTEXT)] = 128
@@ -179,9 +229,10 @@ class TrainConfig:
         return self.tokens // self.batch_tokens
 
 
+ARCHITECTURES = {"topk": "TopK", "batchtopk": "BatchTopK", "jumprelu": "JumpReLU"}
 MAIN_FAMILY = "L0approx + P_freq"
 REFERENCE_FAMILY = "L1 reference recipe"
-FAMILIES = (MAIN_FAMILY, "L0approx only", "L1 + P_freq", "plain L1", REFERENCE_FAMILY)
+FAMILIES = (MAIN_FAMILY, "L0approx only", "L1 + P_freq", "plain L1", REFERENCE_FAMILY, *ARCHITECTURES.values())
 """Loss families (SPEC "Beyond the post"), in the order figures and tables list them."""
 
 
@@ -201,7 +252,10 @@ class RunConfig:
     seed: Int = 0
     """Seed of the SAE's initialisation (the token stream is the profile's, shared by every run)."""
     expansion: PosInt = 8
-    """d_sae = expansion * d_in."""
+    """d_sae = expansion * d_in (unless `width` is set)."""
+    width: NonNegInt = 0
+    """d_sae itself, where it is no multiple of d_in (SynthSAEBench: 4096 latents in 768 dimensions); 0: use
+    `expansion`."""
     sparsity: Literal["l0approx", "l1", "tanh"] = "l0approx"
     """Sparsity term: L0approx = sum_f a/(a+eps), L1 = sum_f a, or sum_f tanh(a)."""
     lambda_sparsity: NonNegFloat = 5e-5
@@ -226,6 +280,19 @@ class RunConfig:
     """Ghost gradients: a feature is dead when it has not fired for this many steps."""
     ghost_variant: Literal["scalar", "per_element", "exp_relu"] = "scalar"
     """Ghost gradients: how the ghost loss is formed (losses.GHOST_VARIANTS; README "Ghost gradients")."""
+    architecture: Literal["relu", "topk", "batchtopk", "jumprelu"] = "relu"
+    """`relu`: this package's SAE with the loss above. `topk`, `batchtopk`, `jumprelu`: today's standard
+    architectures, trained by sae-lens's own training classes on the same stream (their own losses; `k` or
+    `lambda_sparsity` as the sparsity knob; the other loss settings above do not apply)."""
+    k: PosInt = 32
+    """TopK / BatchTopK: active latents per token (BatchTopK: on average over the batch)."""
+    jumprelu_bandwidth: PosFloat = 0.05
+    """JumpReLU: bandwidth of the straight-through estimator of the threshold's gradient."""
+    jumprelu_init_threshold: PosFloat = 0.01
+    """JumpReLU: initial threshold."""
+
+    def d_sae(self, d_in: int) -> int:
+        return self.width or self.expansion * d_in
 
     def window(self, batch_tokens: int) -> int:
         """n of the rolling sparsity estimate (SPEC: default ceil(10 / (s_min * tokens_per_step)))."""
@@ -234,7 +301,10 @@ class RunConfig:
     @property
     def family(self) -> str:
         """The loss family, from the values: sparsity term, frequency penalty on or off, and for L1 whether it
-        is the reference recipe (pre-encoder bias or ghost grads) or the new SAEs' architecture."""
+        is the reference recipe (pre-encoder bias or ghost grads) or the new SAEs' architecture; the
+        architecture's name for TopK, BatchTopK and JumpReLU."""
+        if self.architecture != "relu":
+            return ARCHITECTURES[self.architecture]
         freq = self.lambda_min > 0
         if self.sparsity == "l1":
             if self.ghost or self.pre_encoder_bias:
@@ -246,15 +316,21 @@ class RunConfig:
     @property
     def label(self) -> str:
         """Legend label, derived from the values it names (never typed by hand)."""
+        if self.architecture in ("topk", "batchtopk"):
+            return f"{self.family}, k = {self.k}"
+        if self.architecture == "jumprelu":
+            return f"JumpReLU, λ = {sci(self.lambda_sparsity)}"
         lam = f"λ{'0' if self.sparsity == 'l0approx' else '1'} = {sci(self.lambda_sparsity)}"
         if self.sparsity == "tanh":
             lam = f"λ = {sci(self.lambda_sparsity)}"
         fam = self.family
+        ghost = {"per_element": ", ghost per element", "exp_relu": ", ghost exp(ReLU)"}.get(
+            self.ghost_variant, "") if self.ghost else ""
         if fam == MAIN_FAMILY:
             return lam
         if fam == REFERENCE_FAMILY:
-            return f"L1 reference ({lam})"
-        return f"{fam}, {lam}"
+            return f"L1 reference ({lam}){ghost}"
+        return f"{fam}, {lam}{ghost}"
 
 
 @dataclass(config=STRICT)
@@ -296,6 +372,7 @@ class ProfileConfig:
     text: TextConfig = field(default_factory=TextConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     lm: LMConfig = field(default_factory=LMConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     activations: ActivationsConfig = field(default_factory=ActivationsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -370,10 +447,14 @@ class ProfileConfig:
         """The settings an artifact depends on (SPEC stages: data, lm, train of a run, eval of a run), as plain
         data. Two configs whose slices are equal make the same artifact; `stage_hash` names it."""
         d = dataclasses.asdict
-        data = {"text": d(self.text), "tokenizer": d(self.tokenizer), "context": self.activations.context}
+        if self.synthetic_source:  # the synthetic model takes the place of text, tokenizer and LM
+            data = {"synthetic": d(self.synthetic), "seed": self.seed}
+            lm = data
+        else:
+            data = {"text": d(self.text), "tokenizer": d(self.tokenizer), "context": self.activations.context}
+            lm = data | {"lm": d(self.lm), "seed": self.seed}
         if stage == "data":
             return data
-        lm = data | {"lm": d(self.lm), "seed": self.seed}
         if stage == "lm":
             return lm
         if run is None:
@@ -399,6 +480,10 @@ class ProfileConfig:
         if self._base_hashes.get(key) == self.stage_hash(stage, run):
             return resolve(f"results/{self.name}")
         return self.out
+
+    @property
+    def synthetic_source(self) -> bool:
+        return self.activations.source == "synthetic"
 
     @property
     def data_dir(self) -> Path:

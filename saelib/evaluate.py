@@ -69,6 +69,32 @@ def stack_saes(saes: list[SAE], device) -> dict:
     return p
 
 
+def groups(saes: list, eps: list[float], device, conventions=(True,)):
+    """Evaluation groups: this package's SAEs of one width as one stack, each other SAE (sae-lens inference models of
+    TopK, BatchTopK, JumpReLU runs) alone. Returns ({key: SAE indices}, {key: x -> (f (R, B, F), x_hat (R, B, D))},
+    {(convention, key): FeatureStats})."""
+    widths: dict = {}
+    for j, s in enumerate(saes):
+        widths.setdefault(s.d_sae if isinstance(s, SAE) else f"sae{j}", []).append(j)
+    encoders = {}
+    for key, js in widths.items():
+        if isinstance(key, int):
+            p = stack_saes([saes[j] for j in js], device)
+
+            def enc(x, p=p):
+                f = torch.relu(encode_pre(x, p["W_enc"], p["b_enc"], p["b_dec"], p["pre_bias"]))
+                return f, decode(f, p["W_dec"], p["b_dec"])
+        else:
+            def enc(x, sae=saes[js[0]]):
+                f = sae.encode(x)
+                return f[None], sae.decode(f)[None]
+        encoders[key] = enc
+    stats = {(c, key): FeatureStats(len(js), saes[js[0]].d_in, saes[js[0]].d_sae,
+                                    torch.tensor([eps[j] for j in js], device=device).view(-1, 1, 1), device)
+             for c in conventions for key, js in widths.items()}
+    return widths, encoders, stats
+
+
 @torch.no_grad()
 def activation_mean(model, seqs: np.ndarray, cfg: ProfileConfig, keep_fn) -> torch.Tensor:
     """Mean activation at the hook over the evaluation set's kept tokens (the legacy MSE's centre)."""
@@ -86,58 +112,63 @@ def activation_mean(model, seqs: np.ndarray, cfg: ProfileConfig, keep_fn) -> tor
 @torch.no_grad()
 def evaluate_saes(model, saes: list[SAE], cfg: ProfileConfig, eps: list[float], progress: bool = True,
                   bos_id: int | None = None) -> list[tuple[dict, torch.Tensor, torch.Tensor]]:
-    """Evaluate several SAEs on the same held-out tokens. Returns per SAE (scalars, s_f, max activation)."""
+    """Evaluate several SAEs on the same held-out tokens. Returns per SAE (scalars, s_f, max activation).
+
+    The scalars follow `eval.exclude_bos`; with a BOS id known, `other_bos_convention` holds L0, the MSEs, FVU and
+    the cross-entropy losses under the other convention too (Table 1 shows both)."""
     hook = cfg.activations.hook
     device = next(model.parameters()).device
     seqs = heldout_sequences(cfg)
     exclude = cfg.eval.exclude_bos and bos_id is not None
+    conventions = [exclude] + ([not exclude] if bos_id is not None else [])
 
-    def keep_fn(toks):  # tokens counted in reconstruction metrics: all, or all but BOS
-        return (toks != bos_id).reshape(-1) if exclude else torch.ones(toks.numel(), dtype=torch.bool, device=device)
+    def keep_fn(toks, excl=exclude):  # tokens counted in reconstruction metrics: all, or all but BOS
+        return (toks != bos_id).reshape(-1) if excl else torch.ones(toks.numel(), dtype=torch.bool, device=device)
 
-    center = activation_mean(model, seqs, cfg, keep_fn)
-    widths: dict[int, list[int]] = {}
-    for j, s in enumerate(saes):
-        widths.setdefault(s.d_sae, []).append(j)
-    stacks = {F: stack_saes([saes[j] for j in js], device) for F, js in widths.items()}
-    stats = {F: FeatureStats(len(js), saes[js[0]].d_in, F, torch.tensor([eps[j] for j in js], device=device
-                                                                        ).view(-1, 1, 1), device)
-             for F, js in widths.items()}
-    ce_clean, ce_zero, ce_sae = 0.0, 0.0, [0.0] * len(saes)
-    n_pred = 0
+    centers = {c: activation_mean(model, seqs, cfg, lambda t, c=c: keep_fn(t, c)) for c in conventions}
+    widths, encoders, stats = groups(saes, eps, device, conventions)
+    ce = {c: {"clean": 0.0, "zero": 0.0, "sae": [0.0] * len(saes), "n": 0} for c in conventions}
     per = cfg.eval.batch_sequences
     for i in tqdm(range(0, len(seqs), per), desc="eval", disable=not progress, mininterval=2):
         toks = torch.as_tensor(seqs[i:i + per], device=device, dtype=torch.long)
         x_BSD = hook_activations(model, toks, hook)
         x_all = x_BSD.reshape(-1, x_BSD.shape[-1])
-        keep = keep_fn(toks)
-        x = x_all[keep]
+        keeps = {c: keep_fn(toks, c) for c in conventions}
         # the loss predicting the token after a BOS is left out when BOS positions are (sae-lens's convention)
-        mask_NS1 = (toks[:, :-1] != bos_id) if exclude else torch.ones_like(toks[:, :-1], dtype=torch.bool)
-        k = int(mask_NS1.sum())
-
-        def ce(replace):
-            return float(lm_token_losses(model, toks, hook, x_BSD, replace)[mask_NS1].sum())
-
-        ce_clean += ce(None)
-        ce_zero += ce(torch.zeros_like(x_BSD))
+        masks = {c: (toks[:, :-1] != bos_id) if c else torch.ones_like(toks[:, :-1], dtype=torch.bool)
+                 for c in conventions}
+        clean = lm_token_losses(model, toks, hook, x_BSD, None)
+        zero = lm_token_losses(model, toks, hook, x_BSD, torch.zeros_like(x_BSD))
+        for c in conventions:
+            ce[c]["clean"] += float(clean[masks[c]].sum())
+            ce[c]["zero"] += float(zero[masks[c]].sum())
+            ce[c]["n"] += int(masks[c].sum())
         for F, js in widths.items():
-            p = stacks[F]
-            f = torch.relu(encode_pre(x_all, p["W_enc"], p["b_enc"], p["b_dec"], p["pre_bias"]))
-            x_hat = decode(f, p["W_dec"], p["b_dec"])
-            stats[F].update(x, f[:, keep], x_hat[:, keep], center)
-            for r, j in enumerate(js):
-                spliced = torch.where(keep[:, None], x_hat[r], x_all).reshape(x_BSD.shape)
-                ce_sae[j] += ce(spliced)
-        n_pred += k
+            f, x_hat = encoders[F](x_all)
+            for c in conventions:
+                keep = keeps[c]
+                stats[c, F].update(x_all[keep], f[:, keep], x_hat[:, keep], centers[c])
+                for r, j in enumerate(js):
+                    spliced = torch.where(keep[:, None], x_hat[r], x_all).reshape(x_BSD.shape)
+                    ce[c]["sae"][j] += float(lm_token_losses(model, toks, hook, x_BSD, spliced)[masks[c]].sum())
     results = []
     for j in range(len(saes)):
-        F = saes[j].d_sae
+        F = next(F for F, js in widths.items() if j in js)
         r = widths[F].index(j)
-        st = stats[F]
-        c = {"ce_clean": ce_clean / n_pred, "ce_sae": ce_sae[j] / n_pred, "ce_zero": ce_zero / n_pred}
-        c["ce_recovered"] = ce_recovered(c["ce_clean"], c["ce_sae"], c["ce_zero"])
-        results.append((st.summary(r) | c | {"exclude_bos": exclude}, st.sparsity()[r].cpu(), st.max_act_RF[r].cpu()))
+        out = {}
+        for c in conventions:
+            n = ce[c]["n"]
+            losses = {"ce_clean": ce[c]["clean"] / n, "ce_sae": ce[c]["sae"][j] / n, "ce_zero": ce[c]["zero"] / n}
+            losses["ce_recovered"] = ce_recovered(losses["ce_clean"], losses["ce_sae"], losses["ce_zero"])
+            summary = stats[c, F].summary(r) | losses | {"exclude_bos": c}
+            if c == exclude:
+                out |= summary
+            else:
+                out["other_bos_convention"] = {k: summary[k] for k in (
+                    "exclude_bos", "tokens", "l0", "mse_legacy", "mse", "fvu", "ce_clean", "ce_sae", "ce_zero",
+                    "ce_recovered")}
+        st = stats[exclude, F]
+        results.append((out, st.sparsity()[r].cpu(), st.max_act_RF[r].cpu()))
     return results
 
 
@@ -146,8 +177,9 @@ def evaluate_sae(model, sae: SAE, cfg: ProfileConfig, eps: float, progress: bool
     return evaluate_saes(model, [sae], cfg, [eps], progress, bos_id)[0]
 
 
-def load_trained(cfg: ProfileConfig, name: str, device) -> SAE:
-    """A run's SAE, refused when it was trained with other settings than the config's now or holds NaN/Inf."""
+def load_trained(cfg: ProfileConfig, name: str, device):
+    """A run's SAE (this package's, or a sae-lens inference model for TopK / BatchTopK / JumpReLU runs), refused
+    when it was trained with other settings than the config's now or holds NaN/Inf."""
     folder = cfg.run_dir(name)
     made_by = cfg.command("train", name)
     meta = read_json(folder / "cfg.json", made_by, keys=("train_hash", "settings"))
@@ -156,8 +188,13 @@ def load_trained(cfg: ProfileConfig, name: str, device) -> SAE:
         raise ArtifactError(f"{folder} was trained with other settings than the profile's now:\n  " +
                             "\n  ".join(d.replace("in the checkpoint", "in the run") for d in diff[:8]) +
                             f"\nretrain it: `{made_by}`")
-    sae = SAE.load(folder)
-    bad = [k for k, v in sae.state_dict().items() if not bool(torch.isfinite(v).all())]
+    if cfg.run(name).architecture != "relu":
+        from .archs import load_inference
+
+        sae = load_inference(folder, made_by, device)
+    else:
+        sae = SAE.load(folder)
+    bad = [k for k, v in sae.state_dict().items() if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
     if bad:
         raise ArtifactError(f"{folder / 'sae.safetensors'}: weights {', '.join(bad)} hold NaN or Inf; retrain: "
                             f"`{made_by}` with a lower train.lr or lambda")
@@ -169,9 +206,15 @@ def evaluate_runs(cfg: ProfileConfig, run_names: list[str], progress: bool = Tru
     device = pick_device(cfg.train.device)
     t0 = time.time()
     saes = [load_trained(cfg, n, device) for n in run_names]
-    model, tok = load_lm(cfg, device)
-    check_hook(model, cfg.activations.hook)
-    evaluated = evaluate_saes(model, saes, cfg, [cfg.run(n).eps for n in run_names], progress, tok.bos_id)
+    eps = [cfg.run(n).eps for n in run_names]
+    if cfg.synthetic_source:
+        from .synthetic import evaluate_synthetic
+
+        evaluated = evaluate_synthetic(cfg, saes, eps, device)
+    else:
+        model, tok = load_lm(cfg, device)
+        check_hook(model, cfg.activations.hook)
+        evaluated = evaluate_saes(model, saes, cfg, eps, progress, tok.bos_id)
     seconds = round((time.time() - t0) / len(run_names), 2)
     out = {}
     for name, sae, (result, s_F, max_F) in zip(run_names, saes, evaluated):
@@ -180,10 +223,14 @@ def evaluate_runs(cfg: ProfileConfig, run_names: list[str], progress: bool = Tru
             bad = [k for k, v in result.items() if isinstance(v, float) and not math.isfinite(v)]
             raise ArtifactError(f"run {name}: evaluation gave non-finite {', '.join(bad)}; its SAE or the LM is broken")
         folder = cfg.eval_dir(name)
-        save_safetensors({"sparsity": s_F, "max_act": max_F}, folder / "features.safetensors")
-        out[name] = {"run": name, "config": cfg.base_run(name), "label": run.label, "family": run.family,
-                     "sparsity_term": run.sparsity, "lambda_sparsity": run.lambda_sparsity,
-                     "lambda_min": run.lambda_min, "seed": run.seed, "d_sae": sae.d_sae, **result,
+        per_feature = result.pop("per_feature", {})  # synthetic: which true features each latent points at
+        save_safetensors({"sparsity": s_F, "max_act": max_F, **per_feature}, folder / "features.safetensors")
+        knobs = ({"architecture": run.architecture, "k": run.k} if run.architecture in ("topk", "batchtopk") else
+                 {"architecture": run.architecture, "lambda_sparsity": run.lambda_sparsity}
+                 if run.architecture == "jumprelu" else
+                 {"sparsity_term": run.sparsity, "lambda_sparsity": run.lambda_sparsity, "lambda_min": run.lambda_min})
+        out[name] = {"run": name, "config": cfg.base_run(name), "label": run.label, "family": run.family, **knobs,
+                     "seed": run.seed, "d_sae": sae.d_sae, **result,
                      "eval_seconds": seconds, "eval_hash": cfg.stage_hash("eval", name),
                      "train_hash": cfg.stage_hash("train", name), "settings": cfg.stage_config("eval", name),
                      "provenance": provenance(cfg, device)}

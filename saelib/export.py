@@ -80,7 +80,7 @@ def _read_run(run_folder: Path) -> dict:
                                 "needed (python -m saelib train ...)")
     try:
         cfg = json.loads(cfg_path.read_text())
-        cfg["shape"]["d_in"], cfg["run"]["hook"]
+        cfg["shape"]["d_in"], cfg.get("hook") or cfg["run"]["hook"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{cfg_path} is not a saelib run config ({type(e).__name__}: {e}); "
                          "is this an sae-lens folder or another tool's?") from None
@@ -89,6 +89,95 @@ def _read_run(run_folder: Path) -> dict:
 
 def _info(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _profile_of(meta: dict):
+    """The config a run was trained with (from its cfg.json), or None for a run folder made by other means."""
+    from .config import ConfigError, load_profile
+
+    try:
+        return load_profile(meta["profile_arg"], meta.get("overrides") or {})
+    except (KeyError, ConfigError, FileNotFoundError):
+        return None
+
+
+def write_lm(cfg, folder: Path) -> dict:
+    """The project's own LM in `folder`: its weights, the TransformerLens settings that rebuild it, its tokenizer as a
+    Hugging Face tokenizer folder, and the profile's held-out tokens (eval.tokens of them). `load_exported_lm`
+    reads it back; the exported SAE's metadata names both."""
+    from transformers import PreTrainedTokenizerFast
+
+    from .data import load_tokenizer
+    from .evaluate import heldout_sequences
+    from .io import save_npy
+    from .lm import tiny_lm_fields
+
+    tok = load_tokenizer(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(cfg.lm_dir / "model.safetensors", folder / "model.safetensors")
+    atomic_write_json(folder / "transformer_lens_config.json", tiny_lm_fields(cfg, tok.vocab_size), checksum=False)
+    bos = tok.backend.id_to_token(tok.bos_id)
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok.backend, bos_token=bos, eos_token=bos, pad_token=bos)
+    hf.save_pretrained(str(folder / "tokenizer"))
+    save_npy(folder / "heldout_tokens.npy", heldout_sequences(cfg))
+    return {"loader": "saelib.export.load_exported_lm", "path": folder.name, "bos_id": tok.bos_id}
+
+
+def load_exported_lm(folder: str | Path, device: str = "cpu"):
+    """(HookedTransformer with its tokenizer attached, held-out tokens (N, context)) from an export's `lm/` folder
+    (or the export folder itself)."""
+    import numpy as np
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    folder = folder / "lm" if (folder / "lm").is_dir() else folder
+    fields = json.loads((folder / "transformer_lens_config.json").read_text())
+    model = HookedTransformer(HookedTransformerConfig(**fields))
+    model.load_state_dict(load_safetensors(folder / "model.safetensors"))
+    model.set_tokenizer(AutoTokenizer.from_pretrained(str(folder / "tokenizer")))
+    return model.to(device).eval(), np.load(folder / "heldout_tokens.npy", allow_pickle=False)
+
+
+def saelens_evals(folder: str | Path, exclude_special_tokens: bool = True, batch_size_prompts: int = 32,
+                  device: str = "cpu") -> dict:
+    """sae-lens's own `run_evals` on an exported SAE with its exported LM and held-out tokens (the recipe of the
+    README): the reconstruction, sparsity and variance metrics and the cross-entropy losses, flattened. Each
+    group of metrics gets a fresh activation store (one store's batches would move on between them)."""
+    import datasets
+    from sae_lens import SAE as SaeLensSAE
+    from sae_lens import ActivationsStore, run_evals
+    from sae_lens.evals import EvalConfig
+    from sae_lens.training.activation_scaler import ActivationScaler
+
+    folder = Path(folder)
+    sae = SaeLensSAE.load_from_disk(str(folder), device=device)
+    model, tokens = load_exported_lm(folder, device)
+    n, ctx = tokens.shape
+    n_batches = -(-n // batch_size_prompts)
+    ignore = [model.tokenizer.bos_token_id] if exclude_special_tokens else False  # the tokenizer's BOS, explicitly
+
+    def store():
+        return ActivationsStore(model=model, dataset=datasets.Dataset.from_dict({"tokens": tokens.tolist()}),
+                                streaming=False, hook_name=sae.cfg.metadata.hook_name, hook_head_index=None,
+                                context_size=ctx, d_in=sae.cfg.d_in, n_batches_in_buffer=2,
+                                total_training_tokens=tokens.size, store_batch_size_prompts=batch_size_prompts,
+                                train_batch_size_tokens=ctx, prepend_bos=False, normalize_activations="none",
+                                device=torch.device(device), dtype="float32")
+
+    ce, _ = run_evals(sae, store(), model, ActivationScaler(), EvalConfig(
+        batch_size_prompts=batch_size_prompts, n_eval_reconstruction_batches=n_batches, compute_ce_loss=True),
+        exclude_special_tokens=ignore)
+    sv, _ = run_evals(sae, store(), model, ActivationScaler(), EvalConfig(
+        batch_size_prompts=batch_size_prompts, n_eval_reconstruction_batches=0,
+        n_eval_sparsity_variance_batches=n_batches, compute_sparsity_metrics=True, compute_variance_metrics=True),
+        exclude_special_tokens=ignore)
+    out = {}
+    for group in (ce, sv):
+        for section in group.values():
+            if isinstance(section, dict):
+                out |= {k: v for k, v in section.items() if isinstance(v, (int, float))}
+    return out
 
 
 def export_run(run_folder: str | Path, out: str | Path, force: bool = False) -> Path:
@@ -101,17 +190,26 @@ def export_run(run_folder: str | Path, out: str | Path, force: bool = False) -> 
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ValueError(f"{out} exists and is not empty: choose another folder or pass --force to replace it")
     sae = SAE.load(run_folder)
-    profile_root = run_folder.parent.parent  # results/<profile>/runs/<run> -> results/<profile>
-    feats = run_folder / "features.safetensors"
+    profile = _profile_of(cfg)
+    name = cfg.get("name", run_folder.name)
+    eval_dir = profile.eval_dir(name) if profile else run_folder
+    data_dir = profile.data_dir if profile else run_folder.parent.parent / "data"
+    lm_dir = profile.lm_dir if profile else run_folder.parent.parent / "lm"
+    feats = eval_dir / "features.safetensors"
     sparsity = load_safetensors(feats)["sparsity"] if feats.exists() else None
-    extra = {"saelib_run": cfg["run"], "saelib_eval": _info(run_folder / "eval.json") or None}
+    hook = cfg.get("hook") or cfg["run"]["hook"]
+    extra = {"saelib_run": cfg["run"] | {"hook": hook}, "saelib_eval": _info(eval_dir / "eval.json") or None}
+    lm_name = _info(lm_dir / "info.json").get("name")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         os.chmod(tmp, out.parent.stat().st_mode & 0o777)  # mkdtemp makes 0700 folders
-        write_sae_lens(sae, tmp, cfg["run"]["hook"], _info(profile_root / "lm" / "info.json").get("name"),
-                       _info(profile_root / "data" / "info.json").get("context"), extra, sparsity)
+        if profile is not None and profile.lm.source == "train" and (lm_dir / "model.safetensors").exists():
+            # our own LM is no TransformerLens model name: ship what rebuilds it, and its held-out tokens
+            extra["saelib_lm"] = write_lm(profile, tmp / "lm")
+            lm_name = f"saelib-tiny (not a TransformerLens name: load it with {extra['saelib_lm']['loader']})"
+        write_sae_lens(sae, tmp, hook, lm_name, _info(data_dir / "info.json").get("context"), extra, sparsity)
         if out.is_dir() and any(out.iterdir()):  # --force: move the old export aside, then swap
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
             os.replace(out, old / "x")

@@ -16,15 +16,19 @@ from .io import ArtifactError, atomic_write_json, load_safetensors, read_json, s
 from .text import Tokenizer, load_from_hub
 
 
+def tiny_lm_fields(cfg: ProfileConfig, vocab_size: int) -> dict:
+    """The TransformerLens settings of the project's own small LM (what `export` writes to rebuild it)."""
+    lm = cfg.lm
+    return dict(n_layers=lm.n_layers, d_model=lm.d_model, n_heads=lm.n_heads, d_head=lm.d_model // lm.n_heads,
+                d_mlp=lm.d_mlp, n_ctx=cfg.activations.context, d_vocab=vocab_size, act_fn="gelu_new",
+                normalization_type="LN", positional_embedding_type="standard", seed=cfg.seed,
+                model_name="saelib-tiny", default_prepend_bos=False)
+
+
 def tiny_lm_config(cfg: ProfileConfig, vocab_size: int):
     from transformer_lens import HookedTransformerConfig
 
-    lm = cfg.lm
-    return HookedTransformerConfig(
-        n_layers=lm.n_layers, d_model=lm.d_model, n_heads=lm.n_heads, d_head=lm.d_model // lm.n_heads,
-        d_mlp=lm.d_mlp, n_ctx=cfg.activations.context, d_vocab=vocab_size, act_fn="gelu_new",
-        normalization_type="LN", positional_embedding_type="standard", seed=cfg.seed, model_name="saelib-tiny",
-        default_prepend_bos=False)
+    return HookedTransformerConfig(**tiny_lm_fields(cfg, vocab_size))
 
 
 def pick_device(name: str = "auto") -> torch.device:

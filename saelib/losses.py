@@ -130,8 +130,10 @@ GHOST_VARIANTS = ("scalar", "per_element", "exp_relu")
   ghost path, so only dead features' parameters get its gradient;
 - `per_element`: the reference recipe's later code: rescaled per element, (mse / (ghost_mse + 1e-6)).detach()
   * ghost_mse, then the mean; b_dec receives the ghost gradient;
-- `exp_relu`: as `per_element`, but the ghost output is exp(ReLU(pre)) as in the recipe's first release
-  (for a dead feature that is exp(0) = 1: its encoder gets no ghost gradient, only its decoder row)."""
+- `exp_relu`: the recipe's code as the released reference SAEs were trained with it (early February 2024): as
+  `per_element`, but the ghost output is exp(ReLU(pre)) (for a dead feature that is exp(0) = 1: its encoder gets
+  no ghost gradient, only its decoder row), and the residual it is asked to explain is not detached, so the
+  ghost loss also pushes on the live features through the reconstruction."""
 
 
 def ghost_loss(x_BD: torch.Tensor, x_hat_BD: torch.Tensor, pre_BK: torch.Tensor, W_dec_KD: torch.Tensor,
@@ -141,7 +143,7 @@ def ghost_loss(x_BD: torch.Tensor, x_hat_BD: torch.Tensor, pre_BK: torch.Tensor,
     `pre_BK`: the dead features' pre-activations (`sae.encode_pre(x, features=dead)`), `W_dec_KD` their
     decoder rows. The ghost output is rescaled per token to half the residual's norm, its legacy MSE against
     the residual is rescaled to the size of the real MSE (`variant`: see GHOST_VARIANTS)."""
-    residual_BD = (x_BD - x_hat_BD).detach()
+    residual_BD = x_BD - x_hat_BD if variant == "exp_relu" else (x_BD - x_hat_BD).detach()
     ghost_BD = torch.exp(torch.relu(pre_BK) if variant == "exp_relu" else pre_BK) @ W_dec_KD
     scale_B1 = (residual_BD.norm(dim=-1, keepdim=True) / (2 * ghost_BD.norm(dim=-1, keepdim=True) + 1e-6)).detach()
     ghost_BD = ghost_BD * scale_B1

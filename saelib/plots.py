@@ -40,7 +40,8 @@ FAMILY_STYLE = {  # family -> colour and marker, for figures that compare loss f
 PAIR_COLORS = ["#d1495b", REFERENCE_COLOR, "#2e86ab", "#3a9d5d"]  # Figure 11's comparisons, in order
 NULL_COLOR = "0.55"
 METRIC_LABELS = {"mse_legacy": "MSE, legacy definition", "mse": "MSE", "fvu": "FVU", "l0": "L0 (active features per token)",
-                 "l1": "L1 (sum of activations per token)", "dead": "dead features"}
+                 "l1": "L1 (sum of activations per token)", "dead": "dead features", "mcc": "MCC with the true features",
+                 "f1": "F1 of firing against the true features", "explained_variance": "explained variance"}
 
 
 def use_style() -> None:
@@ -129,6 +130,27 @@ def metric_vs_step(study: Study, metrics: pd.DataFrame, metric: str, title: str,
     plain_log_ticks(ax, "y")
     ax.legend(loc="upper left", bbox_to_anchor=(1.08, 1), fontsize="small")
     return fig
+
+
+def family_curves(ax: plt.Axes, evals: pd.DataFrame, table: pd.DataFrame, metric: str) -> list:
+    """Each loss family's configurations against L0: single seeds as small markers, the mean over seeds as a large
+    marker with ± one sample standard deviation on both axes, a line joining the family's configurations by L0.
+    `evals`: one row per run (with `family`); `table`: one row per configuration (`tables.seed_table`). Returns the
+    legend handles."""
+    from matplotlib.lines import Line2D
+
+    handles = []
+    for fam, t in table.groupby("family", sort=False):
+        style = family_style(fam)
+        seeds = evals[evals.family == fam]
+        ax.scatter(seeds.l0, seeds[metric], s=18, alpha=0.45, color=style["color"], marker=style["marker"], lw=0)
+        t = t.sort_values("l0")
+        err = t[metric + "_std"].fillna(0) if metric + "_std" in t else None
+        ax.errorbar(t.l0, t[metric], xerr=t.l0_std.fillna(0), yerr=err, color=style["color"], marker=style["marker"],
+                    ms=13 if fam == REFERENCE_FAMILY else 8, lw=1.2, capsize=3, mec="white", zorder=4)
+        handles.append(Line2D([], [], color=style["color"], marker=style["marker"], ms=8, label=fam))
+    handles.append(Line2D([], [], color="0.4", marker="o", ms=4, alpha=0.5, lw=0, label="single seed"))
+    return handles
 
 
 def save_figure(fig: plt.Figure, folder: str | Path, name: str, study: Study | None = None) -> list[Path]:

@@ -60,7 +60,7 @@ class SAEStack(nn.Module):
     def __init__(self, names: list[str], runs: list[RunConfig], d_in: int, train: TrainConfig,
                  device: torch.device | str = "cpu"):
         super().__init__()
-        d_sae = {r.expansion * d_in for r in runs}
+        d_sae = {r.d_sae(d_in) for r in runs}
         if len(d_sae) != 1:
             raise ValueError(f"a stack holds runs of one width; got d_sae {sorted(d_sae)} for {names}")
         self.names, self.runs, self.d_in, self.d_sae = list(names), list(runs), d_in, d_sae.pop()
@@ -192,6 +192,22 @@ class SAEStack(nn.Module):
                 "mse_legacy": L.legacy_mse(x_hat, x_BD), "mse": err.mean((-2, -1)),
                 "fvu": err.sum((-2, -1)) / var.clamp_min(1e-12)}
 
+    @torch.no_grad()
+    def log_rows(self, x_BD: torch.Tensor, out: StackOutput, terms: L.LossTerms) -> list[dict]:
+        """What a metrics.csv row holds, for each run: every loss term (the sparsity term under its own name:
+        l0approx_term, l1_term, tanh_term), the batch metrics, the rolling estimate's dead and below-s_min counts."""
+        r = self.tracker.rolling()
+        cols = {"loss": terms.total, "mse_term": terms.mse, "sparsity": terms.sparsity, "freq_term": terms.freq,
+                "ghost_term": terms.ghost, **self.batch_metrics(x_BD, out),
+                "dead_rolling": (r <= L.R_FLOOR).sum(-1), "below_s_min": (r < self.s_min_R1).sum(-1)}
+        cols = {k: v.tolist() for k, v in cols.items()}
+        rows = []
+        for i, run in enumerate(self.runs):
+            row = {k: v[i] for k, v in cols.items()}
+            row[f"{run.sparsity}_term"] = row.pop("sparsity")
+            rows.append(row)
+        return rows
+
     # ---- one run's slice: checkpoints, results ----
 
     def run_tensors(self, i: int) -> dict[str, torch.Tensor]:
@@ -220,6 +236,10 @@ class SAEStack(nn.Module):
             st["step"].copy_(state[f"adam.{k}.step"])
             st["exp_avg"][i].copy_(state[f"adam.{k}.exp_avg"])
             st["exp_avg_sq"][i].copy_(state[f"adam.{k}.exp_avg_sq"])
+
+    def save_run(self, i: int, folder, run_config: dict, extra: dict) -> None:
+        """Run i's weights and cfg.json in `folder`."""
+        self.sae(i).save(folder, run_config, {**extra, "rolling_window": self.windows[i]})
 
     def sae(self, i: int) -> SAE:
         """Run i as a standalone SAE (a copy of its slice)."""

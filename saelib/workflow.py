@@ -24,8 +24,18 @@ from .nbparams import notebook_parameters
 NOTEBOOK_DIR = ROOT / "paper_nbs"
 FIGURES = ["fig01_sparsity_measures", "fig02_measure_derivatives", "fig03_frequency_penalty", "fig04_l0_vs_mse",
            "fig05_sparsity_distributions", "fig06_power_law", "fig07_mse_vs_step", "fig08_l0_vs_step",
-           "fig09_l1_vs_step", "fig10_ablations_l0_vs_mse", "fig11_feature_matching", "fig12_high_density"]
-TABLES = ["table01_summary", "table02_ablations"]
+           "fig09_l1_vs_step", "fig10_ablations_l0_vs_mse", "fig11_feature_matching", "fig12_high_density",
+           "fig13_ground_truth", "fig14_explained_variance", "fig15_feature_recovery"]
+TABLES = ["table01_summary", "table02_ablations", "table03_ground_truth"]
+LM_ONLY = {"fig12_high_density"}  # it reads text around the tokens
+SYNTHETIC_ONLY = {"fig13_ground_truth", "fig14_explained_variance", "fig15_feature_recovery", "table03_ground_truth"}
+
+
+def notebook_names(cfg: ProfileConfig) -> list[str]:
+    """The figures and tables of a profile: the post's and the ablations'; with an LM, the high-density features'
+    contexts; with a synthetic model, the ground-truth figures and Table 3."""
+    skip = LM_ONLY if cfg.synthetic_source else SYNTHETIC_ONLY
+    return [n for n in FIGURES + TABLES if n not in skip]
 
 
 @dataclass
@@ -85,7 +95,7 @@ def rel(path: Path | str) -> str:
     return os.path.relpath(p, ROOT) if p.is_absolute() else str(p)
 
 
-TRAIN_FILES = ("sae.safetensors", "cfg.json", "metrics.csv")
+TRAIN_FILES = ("cfg.json", "metrics.csv")  # and the weights: sae.safetensors, or a sae_lens/ folder
 EVAL_FILES = ("eval.json", "features.safetensors")
 
 
@@ -100,19 +110,21 @@ def _jobs_of(cfg: ProfileConfig, args: list[str], prefix: str, train_runs: list[
     jobs = []
     root = rel(cfg.out)
     if data:
-        jobs.append(Job(f"{prefix}data", "data", args, [rel(cfg.data_dir / f) for f in ("info.json", "heldout.npy")],
+        made = ("info.json",) if cfg.synthetic_source else ("info.json", "heldout.npy")
+        jobs.append(Job(f"{prefix}data", "data", args, [rel(cfg.data_dir / f) for f in made],
                         settings={"data": cfg.stage_hash("data")}, root=root))
-    if lm:
+    if lm and not cfg.synthetic_source:
         jobs.append(Job(f"{prefix}lm", "lm", args, [rel(cfg.lm_dir / "info.json")],
                         [rel(cfg.data_dir / "info.json")], {"lm": cfg.stage_hash("lm")}, root=root))
+    upstream = rel((cfg.data_dir if cfg.synthetic_source else cfg.lm_dir) / "info.json")
     for i, group in enumerate(chunks(train_runs, cfg.train.runs_per_process)):
         jobs.append(Job(f"{prefix}train_{i}", "train", [*args, "--run", ",".join(group), "--resume"],
-                        [rel(cfg.run_dir(r) / f) for r in group for f in TRAIN_FILES], [rel(cfg.lm_dir / "info.json")],
+                        [rel(cfg.run_dir(r) / f) for r in group for f in TRAIN_FILES], [upstream],
                         {r: cfg.stage_hash("train", r) for r in group}, group, root))
     for i, group in enumerate(chunks(eval_runs, cfg.train.runs_per_process)):
         jobs.append(Job(f"{prefix}evaluate_{i}", "evaluate", [*args, "--run", ",".join(group)],
                         [rel(cfg.eval_dir(r) / f) for r in group for f in EVAL_FILES],
-                        [rel(cfg.run_dir(r) / f) for r in group for f in ("sae.safetensors", "metrics.csv")],
+                        [rel(cfg.run_dir(r) / f) for r in group for f in TRAIN_FILES],
                         {r: cfg.stage_hash("eval", r) for r in group}, group, root))
     return jobs
 
@@ -152,7 +164,7 @@ def notebook_reads(cfg: ProfileConfig, name: str) -> list[str]:
     hl, ref = study.highlight, study.reference
 
     def tr(runs, files):
-        return [rel(cfg.run_dir(r) / f) for r in runs for f in files]
+        return [rel(cfg.run_dir(r) / ("cfg.json" if f == "sae.safetensors" else f)) for r in runs for f in files]
 
     def ev(runs, files=("eval.json",)):
         return [rel(cfg.eval_dir(r) / f) for r in runs for f in files]
@@ -172,6 +184,10 @@ def notebook_reads(cfg: ProfileConfig, name: str) -> list[str]:
         + tr([hl], ["sae.safetensors", "cfg.json"]) + ev(cfg.run_names, EVAL_FILES),
         "table01_summary": ev(every_seed_main),
         "table02_ablations": ev(cfg.run_names),
+        "fig13_ground_truth": ev(cfg.run_names),
+        "fig14_explained_variance": ev(cfg.run_names),
+        "fig15_feature_recovery": ev(cfg.run_names, EVAL_FILES) + [rel(cfg.data_dir / "info.json")],
+        "table03_ground_truth": ev(cfg.run_names),
     }
     return sorted(set(reads.get(name, [])))
 
@@ -183,7 +199,7 @@ def notebooks(cfg: ProfileConfig, profile: str, sets: list[str], fig: str) -> li
 
     analysis = dataclasses.asdict(cfg.analysis)
     out = []
-    for name in FIGURES + TABLES:
+    for name in notebook_names(cfg):
         declared = notebook_parameters(NOTEBOOK_DIR / f"{name}.ipynb")
         params = {"profile": str(profile), "fig_dir": fig, "overrides": ",".join(sets)}
         params |= {k: v for k, v in analysis.items() if k in declared}

@@ -57,8 +57,8 @@ class ReferenceRun:
         freq = torch.relu(math.log10(s["s_min"]) - torch.log10(s_eff)).sum()
         ghost = torch.zeros((), dtype=torch.float64)
         if s["ghost"] and bool(dead.any()):
-            residual = (x - x_hat).detach()
             variant = s["ghost_variant"]
+            residual = x - x_hat if variant == "exp_relu" else (x - x_hat).detach()  # the first release's code
             b_dec = self.b_dec.detach() if variant == "scalar" else self.b_dec
             pre_dead = (x - p * b_dec) @ self.W_enc[:, dead] + self.b_enc[dead]
             out = torch.exp(torch.relu(pre_dead) if variant == "exp_relu" else pre_dead) @ self.W_dec[dead]

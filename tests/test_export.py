@@ -176,3 +176,29 @@ def test_evaluate_released_writes_the_table1_row(smoke_lm, tmp_path, capsys):
     assert ev["run"] == RELEASED_RUN and ev["tokens"] == 1024 - 8 and 0 <= ev["dead"] <= 64  # 8 BOS left out
     assert (out / "runs" / RELEASED_RUN / "features.safetensors").exists()
     capsys.readouterr()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exclude_bos", [True, False])
+def test_sae_lens_run_evals_on_an_export_matches_our_evaluation(smoke_lm, tmp_path, exclude_bos):
+    """A sae-lens user's path: export a trained smoke run with its LM and held-out tokens, run sae-lens's own
+    `run_evals` on it, and get our eval.json's numbers (in both BOS conventions)."""
+    from saelib.config import load_profile
+    from saelib.evaluate import evaluate_runs
+    from saelib.export import saelens_evals
+    from saelib.train import train_run
+
+    cfg = load_profile("smoke", {"out_dir": str(smoke_lm), "train.tokens": 10 * 1024, "eval.tokens": 2048,
+                                 "eval.exclude_bos": exclude_bos})
+    folder = train_run(cfg, "l0a_2", progress=False)
+    ours = evaluate_runs(cfg, ["l0a_2"], progress=False)["l0a_2"]
+    out = export_run(folder, tmp_path / "export")
+    meta = json.loads((out / SAE_LENS_CFG).read_text())["metadata"]
+    assert meta["saelib_lm"]["loader"] == "saelib.export.load_exported_lm" and "not a TransformerLens" in meta["model_name"]
+    theirs = saelens_evals(out, exclude_special_tokens=exclude_bos, batch_size_prompts=8)
+    assert theirs["l0"] == pytest.approx(ours["l0"], rel=1e-5)
+    assert theirs["mse"] == pytest.approx(ours["mse"] * cfg.lm.d_model, rel=1e-4)  # theirs sums over d_in
+    assert theirs["explained_variance"] == pytest.approx(1 - ours["fvu"], rel=1e-4)
+    for k_theirs, k_ours in (("ce_loss_without_sae", "ce_clean"), ("ce_loss_with_sae", "ce_sae"),
+                             ("ce_loss_with_ablation", "ce_zero"), ("ce_loss_score", "ce_recovered")):
+        assert theirs[k_theirs] == pytest.approx(ours[k_ours], rel=1e-4), k_theirs

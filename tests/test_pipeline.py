@@ -1,8 +1,6 @@
 """The smoke pipeline end to end, offline: data -> LM -> every run -> evaluation, through the CLI."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd

@@ -188,3 +188,31 @@ def test_a_live_run_keeps_its_lock(tmp_path):
         assert other_snakemake_running() is True
     finally:
         proc.kill()
+
+
+@built
+def test_the_report_collects_every_figure_and_table(tmp_path):
+    out = tmp_path / "report.html"
+    snakemake("--report", str(out), "--config", "profile=smoke")
+    html = out.read_text(errors="replace")
+    assert out.stat().st_size > 100_000  # self-contained: the figures are inside
+    for name in ("fig06_power_law", "table02_ablations", "fig11_feature_matching"):
+        assert name in html
+
+
+@pytest.mark.slow
+def test_a_cluster_executor_runs_the_workflow_with_the_rules_own_resources(tmp_path):
+    """snakemake-executor-plugin-cluster-generic with a local submit command (each job its own background process):
+    the rules declare threads, mem_mb, runtime and gpu, so no --default-resources is needed. A short part of the
+    smoke DAG: data, LM, one training group of a run, its evaluation."""
+    out = tmp_path / "res"
+    target = os.path.relpath(out / "runs" / "l0a_1" / "eval.json", ROOT)
+    cluster = ROOT / "workflow" / "cluster"
+    r = snakemake(target, "--executor", "cluster-generic", "--jobs", "4",
+                  "--cluster-generic-submit-cmd", str(cluster / "submit.sh"),
+                  "--cluster-generic-status-cmd", str(cluster / "status.sh"),
+                  "--cluster-generic-cancel-cmd", str(cluster / "cancel.sh"),
+                  "--seconds-between-status-checks", "1",
+                  "--config", "profile=smoke", f"set=out_dir={out},train.runs_per_process=1,train.tokens=10240")
+    assert "cluster-generic" in r.stdout + r.stderr or (out / "runs" / "l0a_1" / "eval.json").exists()
+    assert (out / "runs" / "l0a_1" / "eval.json").exists() and (out / "lm" / "info.json").exists()
