@@ -155,7 +155,21 @@ def ab(fa, fb, device, trials: int, iters: int) -> tuple[float, float, float]:
 # ---- memory: one measurement per fresh process ----
 
 def peak_memory(kind: str, R: int, D: int, F: int, B: int, device: str, precision: str, steps: int = 3) -> float:
-    """Peak memory (MB) of `steps` steps of one implementation, measured in a fresh process."""
+    """Peak memory (MB) of `steps` steps of one implementation: on CUDA the peak allocated in this process (reset
+    first); on CPU the peak resident set of a fresh process."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn = MAKERS[kind](R, D, F, B, torch.device(device), precision)
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+        del fn
+        torch.cuda.empty_cache()
+        return peak
     r = subprocess.run([sys.executable, "-m", "saelib.bench", "--memory-probe", json.dumps(
         [kind, R, D, F, B, device, precision, steps])], capture_output=True, text=True, timeout=1800)
     if r.returncode != 0:

@@ -400,7 +400,9 @@ class ProfileConfig:
         _check(self.activations.buffer_tokens >= self.train.batch_tokens, "activations.buffer_tokens",
                f"({self.activations.buffer_tokens}) must be >= train.batch_tokens ({self.train.batch_tokens}): "
                "a step takes its batch from the buffer")
-        self._base_hashes: dict[str, str] | None = None  # the profile's own stage hashes (set for a variant)
+        # profiles whose artifacts this one reuses where its settings agree: (profile, its stage hashes), nearest
+        # first (a variant: the profile itself, then what it extends)
+        self._bases: list[tuple[str, dict[str, str]]] = []
         self._overrides: dict[str, Any] = {}  # the --set overrides it was loaded with
         self._profile_arg = self.name  # what --profile was given
 
@@ -472,14 +474,23 @@ class ProfileConfig:
         return config_hash(self.stage_config(stage, run))
 
     def stage_root(self, stage: str, run: str | None = None) -> Path:
-        """results/<profile> when the profile itself makes this artifact (a variant that does not change
-        its settings reuses it), else this variant's folder."""
-        if self._base_hashes is None or self.out_dir:
+        """results/<base> when a profile this one reuses makes the same artifact (a variant that does not change
+        its settings, a profile that `extends` another and keeps its settings), else this profile's folder."""
+        if self.out_dir:
             return self.out
         key = stage if run is None else f"{stage}:{run}"
-        if self._base_hashes.get(key) == self.stage_hash(stage, run):
-            return resolve(f"results/{self.name}")
+        mine = None
+        for base, hashes in self._bases:
+            if key in hashes:
+                mine = mine or self.stage_hash(stage, run)
+                if hashes[key] == mine:
+                    return resolve(f"results/{base}")
         return self.out
+
+    @property
+    def bases(self) -> list[str]:
+        """The profiles whose artifacts this one may reuse, nearest first."""
+        return [b for b, _ in self._bases]
 
     @property
     def synthetic_source(self) -> bool:
@@ -584,6 +595,37 @@ def set_dotted(raw: dict, key: str, value: Any) -> None:
             raise ConfigError(f"override key {key!r}: `{'.'.join(parts[:i + 1])}` is not a section")
         node = nxt
     node[parts[-1]] = value
+
+
+def _merge(base: dict, child: dict) -> dict:
+    """`child` over `base`: mappings merge key by key (a run of the same name takes the child's settings over
+    the base's), anything else is replaced."""
+    out = dict(base)
+    for k, v in child.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_profile(path: Path, seen: tuple = ()) -> tuple[dict, list[str]]:
+    """A profile's YAML with what it `extends` merged under it, and the chain of profiles it extends (nearest
+    first)."""
+    raw = _read_yaml(path)
+    raw.setdefault("name", path.stem)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw, []
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(f"invalid value for `extends` in {path}: expected the name of a profile in config/, "
+                          f"got {parent!r}")
+    if parent in seen or parent == path.stem:
+        raise ConfigError(f"`extends` in {path} makes a cycle: {' -> '.join([*seen, path.stem, parent])}")
+    try:
+        parent_path = profile_path(parent)
+    except ConfigError as e:
+        raise ConfigError(f"invalid value for `extends` in {path}: {e}") from None
+    base, chain = _read_profile(parent_path, (*seen, path.stem))
+    base.pop("name", None)
+    return _merge(base, raw), [parent_path.stem, *chain]
 
 
 def _read_yaml(path: Path) -> dict:
@@ -705,8 +747,7 @@ def load_profile(profile: str | Path, overrides: list[str] | dict | None = None)
     overrides, and every stage whose settings the overrides leave unchanged is read from the profile's own
     folder (results/<name>) rather than made again."""
     path = profile_path(profile)
-    base_raw = _read_yaml(path)
-    base_raw.setdefault("name", path.stem)
+    base_raw, chain = _read_profile(path)
     over = parse_overrides(overrides)
     raw = json.loads(json.dumps(base_raw))  # a deep copy
     for k, v in over.items():
@@ -717,11 +758,17 @@ def load_profile(profile: str | Path, overrides: list[str] | dict | None = None)
     changes = {k: v for k, v in over.items() if k not in ("out_dir", "variant")}
     if changes and not cfg.variant:
         cfg.variant = config_hash(changes)[:8]
-    if cfg.variant and not cfg.out_dir:
-        base = _validate(base_raw, path) if changes else cfg
-        hashes = {"data": base.stage_hash("data"), "lm": base.stage_hash("lm")}
-        for r in base.run_names:
-            hashes[f"train:{r}"] = base.stage_hash("train", r)
-            hashes[f"eval:{r}"] = base.stage_hash("eval", r)
-        cfg._base_hashes = hashes
+    if cfg.out_dir:
+        return cfg
+    bases = [cfg.name] if cfg.variant else []
+    bases += chain
+    for name in bases:
+        cfg._bases.append((name, stage_hashes(load_profile(path if name == cfg.name else name))))
     return cfg
+
+
+def stage_hashes(cfg: ProfileConfig) -> dict[str, str]:
+    """Every artifact a profile makes itself (not those it reuses from its bases), by stage (and run), with
+    the hash of its settings."""
+    keys = [("data", None), ("lm", None)] + [(s, r) for r in cfg.run_names for s in ("train", "eval")]
+    return {s if r is None else f"{s}:{r}": cfg.stage_hash(s, r) for s, r in keys if cfg.is_own(s, r)}

@@ -206,6 +206,12 @@ def matched(evals: pd.DataFrame, q: Question, log_metric: bool | None = None) ->
     return pd.DataFrame(rows)
 
 
+def _interval(r) -> str:
+    if math.isnan(r.ci_lo):
+        return f"(no interval: {r.n_a} and {r.n_b} seeds)"
+    return f"[{r.ci_lo:+.3g}, {r.ci_hi:+.3g}]"
+
+
 def verdict(evals: pd.DataFrame, questions: list[Question]) -> str:
     """Each question answered at every matched L0, one paragraph each: holds / does not hold / cannot tell at
     this noise, with the difference and its 95% interval over seeds, and the points B was interpolated between."""
@@ -219,8 +225,9 @@ def verdict(evals: pd.DataFrame, questions: list[Question]) -> str:
             continue
         counts = m.verdict.value_counts()
         summary = ", ".join(f"{v} at {n}" for v, n in counts.items())
-        pts = "; ".join(f"L0 {r.l0:.3g}: {r[q.a]:.4g} vs {r[q.b]:.4g} ({r.interpolated} between L0 {r.b_l0}), difference "
-                        f"{r['diff']:+.3g} [{r.ci_lo:+.3g}, {r.ci_hi:+.3g}] -> {r.verdict}" for _, r in m.iterrows())
+        pts = "; ".join(f"{r.label} at L0 {r.l0:.3g}: {r[q.a]:.4g} vs {r[q.b]:.4g} ({r.interpolated} between L0 "
+                        f"{r.b_l0}), difference {r['diff']:+.3g} {_interval(r)} -> {r.verdict}"
+                        for _, r in m.iterrows())
         lines.append(f"- {q.what}: does {q.a} have {q.better} than {q.b} at matched L0? {summary} of {len(m)} "
                      f"matched L0. {q.metric}: {pts}")
     return "\n".join(lines)

@@ -100,7 +100,7 @@ EVAL_FILES = ("eval.json", "features.safetensors")
 
 
 def chunks(names: list[str], k: int) -> list[list[str]]:
-    k = k or len(names)
+    k = k or max(1, len(names))
     return [names[i:i + k] for i in range(0, len(names), k)]
 
 
@@ -130,23 +130,34 @@ def _jobs_of(cfg: ProfileConfig, args: list[str], prefix: str, train_runs: list[
 
 
 def make_plan(profile: str, sets: list[str] | None = None, fig_dir: str = "") -> Plan:
-    """The jobs and notebooks that build a profile (or a variant: `sets` overrides)."""
+    """The jobs and notebooks that build a profile (or a variant: `sets` overrides). What it reuses from the
+    profiles it is based on (the profile of a variant, the profile it `extends`) is made by their jobs."""
     sets = [s for s in sets or [] if s]
     cfg = load_profile(profile, sets)
     base_args = ["--profile", str(profile)]
     args = base_args + [a for s in sets for a in ("--set", s)]
-    if cfg.variant and not cfg.out_dir:
-        base = load_profile(profile)
+    if cfg.bases:
         shared = lambda stage, r=None: not cfg.is_own(stage, r)  # noqa: E731
         own_train = [r for r in cfg.run_names if not shared("train", r)]
         own_eval = [r for r in cfg.run_names if not shared("eval", r)]
-        jobs = _jobs_of(cfg, args, "variant_", own_train, own_eval, not shared("data"), not shared("lm"))
-        # the profile's own jobs for what the variant reuses, exactly as the profile's plan has them
-        base_jobs = _jobs_of(base, base_args, "", base.run_names, base.run_names, True, True)
+        jobs = _jobs_of(cfg, args, "variant_" if cfg.variant else "", own_train, own_eval,
+                        not shared("data"), not shared("lm"))
+        # the jobs of the profiles it reuses, exactly as their own plans have them, for what it reuses
         need = {rel(cfg.data_dir / "info.json"), rel(cfg.lm_dir / "info.json")}
         need |= {rel(cfg.run_dir(r) / "cfg.json") for r in cfg.run_names}
         need |= {rel(cfg.eval_dir(r) / "eval.json") for r in cfg.run_names}
-        jobs += [j for j in base_jobs if need & set(j.outputs)]
+        made = {o for j in jobs for o in j.outputs}
+        for name in cfg.bases:
+            base = load_profile(profile if name == cfg.name else name)
+            arg = str(profile) if name == cfg.name else name
+            prefix = "" if name == cfg.name else f"{name}_"
+            own = lambda stage, c=base: [r for r in c.run_names if c.is_own(stage, r)]  # noqa: E731
+            base_jobs = _jobs_of(base, ["--profile", arg], prefix, own("train"), own("eval"),
+                                 base.is_own("data"), base.is_own("lm"))
+            for j in base_jobs:
+                if need & set(j.outputs) and not made & set(j.outputs):
+                    jobs.append(j)
+                    made |= set(j.outputs)
     else:
         jobs = _jobs_of(cfg, args, "", cfg.run_names, cfg.run_names, True, True)
     fig = rel(resolve(fig_dir)) if fig_dir else f"figures/{cfg.label}"

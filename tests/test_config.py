@@ -121,6 +121,36 @@ def test_a_variant_gets_its_own_folder_and_reuses_what_it_does_not_change():
     assert own.data_dir == own.out / "data" and own.run_dir("l0a_1") == own.out / "runs" / "l0a_1"
 
 
+def test_a_profile_that_extends_another_reuses_what_it_keeps(tmp_path):
+    (tmp_path / "wider.yaml").write_text("extends: smoke\nruns:\n  l0a_3: {lambda_sparsity: 2.5e-3}\n"
+                                         "  ref_l1: {lambda_sparsity: 9.0e-3}\n  extra: {architecture: topk, k: 4}\n")
+    base, cfg = load_profile("smoke"), load_profile(tmp_path / "wider.yaml")
+    assert cfg.name == "wider" and cfg.out == ROOT / "results" / "wider" and cfg.bases == ["smoke"]
+    assert list(cfg.runs)[-1] == "extra" and cfg.runs["l0a_3"].family == base.runs["l0a_3"].family
+    assert cfg.runs["l0a_3"].lambda_sparsity == 2.5e-3 and cfg.runs["l0a_3"].sparsity == "l0approx"
+    assert cfg.runs["ref_l1"].lambda_sparsity == 9e-3 and cfg.runs["ref_l1"].sparsity == "l1"  # merged, not replaced
+    assert cfg.data_dir == base.data_dir and cfg.lm_dir == base.lm_dir
+    assert cfg.run_dir("l0a_1") == base.run_dir("l0a_1") and cfg.eval_dir("l0a_1") == base.eval_dir("l0a_1")
+    assert cfg.run_dir("l0a_3") == cfg.out / "runs" / "l0a_3" and cfg.run_dir("extra_s1") == cfg.out / "runs" / "extra_s1"
+    # a variant of it reuses its artifacts, and through it the base's
+    v = load_profile(tmp_path / "wider.yaml", ["eval.tokens=4096"])
+    assert v.bases == ["wider", "smoke"] and v.run_dir("l0a_1") == base.run_dir("l0a_1")
+    assert v.run_dir("extra") == cfg.run_dir("extra") and v.eval_dir("extra") == v.out / "runs" / "extra"
+    assert load_profile("tiny_archs").run_dir("l0a_1") == load_profile("tiny").run_dir("l0a_1")
+
+
+@pytest.mark.parametrize("text, match", [
+    ("extends: nosuch\n", r"invalid value for `extends` in .*loop.yaml: unknown profile 'nosuch'"),
+    ("extends: [smoke]\n", r"expected the name of a profile"),
+    ("extends: loop\n", r"makes a cycle: loop -> loop"),
+])
+def test_bad_extends_is_a_config_error(tmp_path, monkeypatch, text, match):
+    monkeypatch.setattr("saelib.config.CONFIG_DIR", tmp_path)
+    (tmp_path / "loop.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_profile(tmp_path / "loop.yaml")
+
+
 def test_stage_hashes_depend_on_exactly_their_settings():
     a, b = load_profile("smoke"), load_profile("smoke", ["runs.l0a_3.lambda_sparsity=9.9e-3"])
     assert a.stage_hash("train", "l0a_1") == b.stage_hash("train", "l0a_1")

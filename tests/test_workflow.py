@@ -57,6 +57,22 @@ def test_a_variant_reuses_the_profiles_jobs():
                if "/l0a_3/" in o)
 
 
+def test_a_profile_that_extends_another_runs_the_others_jobs_for_what_it_reuses():
+    plan = make_plan("tiny_archs")
+    tiny = make_plan("tiny")
+    own = [j for j in plan.jobs if not j.name.startswith("tiny_")]
+    assert [j.name for j in own] == ["train_0", "evaluate_0"]
+    assert all(r.split("_")[0] in ("topk", "batchtopk", "jumprelu") for r in own[0].runs) and len(own[0].runs) == 12
+    for j in plan.jobs:
+        if j.name.startswith("tiny_"):  # tiny's own job, exactly as tiny's plan has it
+            t = tiny.job(j.name.removeprefix("tiny_"))
+            assert j.command == t.command and j.outputs == t.outputs
+    assert {j.name for j in plan.jobs} == {"train_0", "evaluate_0", "tiny_data", "tiny_lm", "tiny_train_0",
+                                           "tiny_evaluate_0"}
+    ev = make_plan("tiny_archs", ["eval.tokens=1000"])  # evaluation only: every training job comes from a base
+    assert {j.name for j in ev.jobs} == {"variant_evaluate_0", "train_0", "tiny_data", "tiny_lm", "tiny_train_0"}
+
+
 def test_values_are_quoted_for_the_shell(tmp_path):
     """A `set` value with shell syntax reaches the step as one argument: nothing runs but the step."""
     out = tmp_path / "out dir"
