@@ -18,18 +18,22 @@ import torch
 from .config import ROOT, ProfileConfig, config_hash
 
 PACKAGES = ("saelib", "torch", "transformer-lens", "sae-lens", "numpy")
+CODE = ("saelib", "config", "paper_nbs", "workflow", "Snakefile", "pyproject.toml", "requirements")
+"""What makes results: a change there since the commit marks a record `uncommitted changes`."""
 
 
 @functools.lru_cache(maxsize=1)
 def git_state() -> dict:
-    """The checkout's commit and whether it is dirty (tracked files changed); `unknown` outside git."""
+    """The checkout's commit and whether it is dirty: tracked files that make results (the package, profiles,
+    notebooks, workflow, dependency pins) changed since it; `unknown` outside git. Outputs (figures/) and prose do
+    not count."""
     def git(*args):
         return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=10)
     try:
         head = git("rev-parse", "HEAD")
         if head.returncode != 0:
             return {"commit": "unknown", "dirty": None}
-        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip() != ""
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", *CODE).stdout.strip() != ""
         return {"commit": head.stdout.strip(), "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return {"commit": "unknown", "dirty": None}
