@@ -1,6 +1,6 @@
 """Tables 1 and 2 of a GPU run against the CPU ones (bench/gpu.sh, issue 17): the same comparison nbval makes
 (numbers within 5%, feature counts within 8), and the largest relative difference of each metric.
-Usage: python bench/gpu_tables.py PROFILE RESULTS_DIR TAG OUT_DIR"""
+Usage: python bench/gpu_tables.py PROFILE RESULTS_DIR TAG OUT_DIR [KEY=VALUE ...]  (the overrides the run was made with)"""
 
 import sys
 from pathlib import Path
@@ -12,7 +12,8 @@ from saelib.config import ROOT
 from saelib.study import open_study
 
 profile, results, tag, out = sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4])
-study = open_study(profile, str(out / f"tables_{profile}_{tag}"), f"out_dir={results}")
+out.mkdir(parents=True, exist_ok=True)
+study = open_study(profile, str(out / f"tables_{profile}_{tag}"), ",".join([f"out_dir={results}", *sys.argv[5:]]))
 cpu = {"table01_summary": ROOT / "paper_nbs" / "recorded" / "table01_summary_smoke.csv"} if profile == "smoke" else {
     "table01_summary": ROOT / "figures" / profile / "table01_summary.csv",
     "table02_ablations": ROOT / "figures" / profile / "table02_ablations.csv"}

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from .config import RunConfig, TrainConfig
-from .kernels import keep_freed_memory
+from .kernels import keep_freed_memory, use_compile
 from .stack import SAEStack
 
 RESULTS = Path(__file__).resolve().parent.parent / "bench" / "RESULTS.md"
@@ -276,9 +276,9 @@ def bench_rules(profile: str, folder: Path | None = None) -> list[str]:
     return rows
 
 
-def append_results(sections: list[tuple[str, list[str]]]) -> None:
+def append_results(sections: list[tuple[str, list[str]]], note: str = "") -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    head = f"\n## {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} — {machine()}\n"
+    head = f"\n## {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} — {machine()}{note}\n"
     body = "".join(f"\n### {title}\n\n" + "\n".join(rows) + "\n" for title, rows in sections)
     with open(RESULTS, "a") as fh:
         fh.write(head + body)
@@ -294,15 +294,18 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer trials and smaller CPU batches")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument("--no-record", action="store_true", help="print only; do not append to bench/RESULTS.md")
+    p.add_argument("--eager", action="store_true",
+                   help="saelib's elementwise kernels eager (default: compiled, as the trainer runs them)")
     p.add_argument("--memory-probe", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.memory_probe:
         _memory_probe(args.memory_probe)
         return 0
     keep_freed_memory()  # as the training CLI does
+    compiled = use_compile(not args.eager)  # as train.compile (default on) does
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
-    print(machine(), flush=True)
+    print(f"{machine()}; saelib kernels {'compiled' if compiled else 'eager'}", flush=True)
     sections = []
     only = set(args.only.split(","))
     for precision in args.dtypes.split(","):
@@ -318,7 +321,7 @@ def main(argv=None) -> int:
     for title, rows in sections:
         print(f"\n{title}\n" + "\n".join(rows))
     if not args.no_record:
-        append_results(sections)
+        append_results(sections, f"; saelib kernels {'compiled' if compiled else 'eager'}")
     return 0
 
 
