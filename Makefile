@@ -54,6 +54,7 @@ lab: $(BIN)/.installed
 
 long: $(BIN)/.installed
 	$(SNAKEMAKE) --cores $(CORES) --config profile=tiny 'set=train.tokens=7500000,variant=long'
+	$(BIN)/python -m saelib.tables movement tiny 'train.tokens=7500000,variant=long'
 
 # Committed notebooks keep execution counts (nbval skips the comparison of cells without one) and outputs
 # only in cells tagged keep_output, which are also the cells nbval compares; cell tags are never stripped.

@@ -367,3 +367,93 @@ def compare_tables(table: pd.DataFrame, expected: pd.DataFrame, rtol: float = 0.
     if bad:
         return f"{len(bad)} value(s) differ from the recorded table ({tol}):\n" + "\n".join(bad)
     return f"{table.size} values agree with the recorded table ({tol})"
+
+
+# ---- verdicts as rows, and how they move between two configs (issue 14: the training-length check) -----------
+
+
+def verdict_rows(study: Study) -> pd.DataFrame:
+    """Every verdict of Tables 1 and 2 as one row: question, configuration, the difference with its 95% interval
+    over seeds, and holds / does not hold / cannot tell at this noise."""
+    rows = []
+    evals = load_evals(study, study.with_seeds(study.main_runs))
+    ref = evals[evals.config == study.reference]
+    for c in study.main_runs:
+        if c == study.reference:
+            continue
+        e = evals[evals.config == c]
+        for m, what in (("l0", "lower L0 than the reference"), ("mse_legacy", "lower legacy MSE than the reference"),
+                        ("dead", "fewer dead features than the reference")):
+            r = compare(e[m].to_numpy(float), ref[m].to_numpy(float))
+            rows.append({"question": what, "configuration": study.labels[c], "diff": r.diff, "ci_lo": r.ci[0],
+                         "ci_hi": r.ci[1], "verdict": r.verdict})
+    every = load_evals(study)
+    every = every.assign(family=[study.family(r) for r in every.index])
+    for q in ABLATION_QUESTIONS:
+        for _, r in matched(every, q).iterrows():
+            rows.append({"question": f"{q.what}: {q.a} {q.better} than {q.b} at matched L0",
+                         "configuration": r.label, "diff": r["diff"], "ci_lo": r.ci_lo, "ci_hi": r.ci_hi,
+                         "verdict": r.verdict})
+    return pd.DataFrame(rows)
+
+
+def verdict_movement(a: Study, b: Study) -> pd.DataFrame:
+    """The verdicts of `a` (columns ending ` A`) next to those of `b` (` B`): same questions and configurations; a
+    point that only one of them could match is kept with the other side empty; `moved`: the verdict differs."""
+    va, vb = verdict_rows(a), verdict_rows(b)
+    m = va.assign(order=range(len(va))).merge(vb, on=["question", "configuration"], how="outer", suffixes=(" A", " B"))
+    m = m.sort_values("order", kind="stable", na_position="last").drop(columns="order").reset_index(drop=True)
+    m["moved"] = m["verdict A"].fillna("no matched point") != m["verdict B"].fillna("no matched point")
+    return m
+
+
+def movement_markdown(m: pd.DataFrame, a: Study, b: Study) -> str:
+    def cell(r, side):
+        v = r[f"verdict {side}"]
+        if not isinstance(v, str):
+            return "no matched point"
+        lo, hi = r[f"ci_lo {side}"], r[f"ci_hi {side}"]
+        ci = "no interval" if math.isnan(lo) else f"[{lo:+.3g}, {hi:+.3g}]"
+        return f"{v} ({r[f'diff {side}']:+.3g} {ci})"
+
+    la, lb = a.cfg.label, b.cfg.label
+    ta, tb = a.cfg.train.tokens, b.cfg.train.tokens
+    lines = [f"Verdicts at two training lengths: `{la}` ({ta:,} tokens per SAE) and `{lb}` ({tb:,}); each the difference "
+             "(A minus B of the question) with its 95% interval over seeds. "
+             f"{int(m.moved.sum())} of {len(m)} verdicts moved.", "",
+             f"| question | configuration | {la} | {lb} | moved |", "|---|---|---|---|---|"]
+    for _, r in m.iterrows():
+        lines.append(f"| {r.question} | {r.configuration} | {cell(r, 'A')} | {cell(r, 'B')} | {'✓' if r.moved else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m saelib.tables movement PROFILE OVERRIDES`: the verdicts of PROFILE against those of its variant
+    OVERRIDES (comma-separated key=value, as Snakemake's `set`), written to figures/<variant>/verdict_movement.md
+    and .csv."""
+    import argparse
+
+    from .study import open_study
+
+    p = argparse.ArgumentParser(prog="python -m saelib.tables", description=main.__doc__)
+    p.add_argument("what", choices=["movement"])
+    p.add_argument("profile")
+    p.add_argument("overrides")
+    args = p.parse_args(argv)
+    a = open_study(args.profile, "")
+    b = open_study(args.profile, "", args.overrides)
+    m = verdict_movement(a, b)
+    folder = Path("figures") / b.cfg.label
+    from .config import resolve
+
+    folder = resolve(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "verdict_movement.csv", m.to_csv(index=False))
+    prov = f"\n_Made by {one_line(provenance(b.cfg))}._\n"
+    atomic_write_text(folder / "verdict_movement.md", movement_markdown(m, a, b) + prov)
+    print(f"wrote {folder / 'verdict_movement.md'}: {int(m.moved.sum())} of {len(m)} verdicts moved")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from saelib.__main__ import main
+from saelib.archs import load_inference
 from saelib.config import load_profile
 from saelib.sae import SAE
 
@@ -33,7 +34,7 @@ def test_smoke_pipeline_end_to_end(smoke_lm):
     over = ["--set", f"out_dir={out}", "--no-progress"]
     cfg = load_profile("smoke", {"out_dir": str(out)})
     runs = _one_per_family(cfg)
-    assert len(runs) == 6
+    assert len(runs) == 9  # three of the post's runs, the other four ReLU families, TopK, BatchTopK, JumpReLU
     # one process trains them all on one activation stream, one evaluates them all
     assert main(["train", "--profile", "smoke", "--run", ",".join(runs), *over]) == 0
     assert main(["evaluate", "--profile", "smoke", "--run", ",".join(runs), *over]) == 0
@@ -49,11 +50,15 @@ def test_smoke_pipeline_end_to_end(smoke_lm):
         assert ev["tokens"] < cfg.eval.tokens and ev["exclude_bos"]  # BOS positions left out
         feats = load_file(str(folder / "features.safetensors"))
         s = feats["sparsity"]
-        assert s.shape == (cfg.run(run).expansion * cfg.lm.d_model,)
+        assert s.shape == (cfg.run(run).d_sae(cfg.lm.d_model),)
         assert int((s == 0).sum()) == ev["dead"]
         assert abs(float(s.sum()) - ev["l0"]) < 1e-3 * max(1.0, ev["l0"])  # L0 = sum_f s_f
         assert ev["eval_hash"] == cfg.stage_hash("eval", run) and "provenance" in ev
         m = pd.read_csv(folder / "metrics.csv")
         assert m.step.iloc[-1] == cfg.train.steps - 1
+        if cfg.run(run).architecture != "relu":  # trained by sae-lens's classes: saved in its format
+            sae = load_inference(folder, "test")
+            assert sae.d_sae == s.shape[0]
+            continue
         sae = SAE.load(folder)
         assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(sae.d_sae), atol=1e-5)

@@ -129,7 +129,7 @@ def test_summary_table_adds_the_released_reference(fake_study):
 
 
 def test_families_and_ablation_table(fake_study):
-    assert {fake_study.family(c) for c in fake_study.configurations} == set(FAMILIES[:5])  # smoke: no TopK etc.
+    assert {fake_study.family(c) for c in fake_study.configurations} == set(FAMILIES)  # smoke has every family
     assert fake_study.family("ref_l1_s1") == REFERENCE_FAMILY
     table = tables.ablation_table(fake_study)
     lam = lambda c: fake_study.cfg.run(c).lambda_sparsity  # noqa: E731
@@ -248,3 +248,21 @@ def test_a_single_configuration_is_compared_with_the_other_family_interpolated_a
     m = tables.matched(e, tables.Question("q", "a", "b", "dead", True, "fewer"))
     assert m.interpolated.iloc[0] == "a" and m["a"].iloc[0] == pytest.approx(16.0)  # halfway: 15 and 17
     assert m.l0.iloc[0] == 20.0 and m.verdict.iloc[0] == "holds"
+
+
+def test_verdict_movement_lists_every_verdict_of_both_and_flags_what_moved(fake_study, tmp_path):
+    a = fake_study
+    b = S.open_study("smoke", str(tmp_path / "figs_b"), f"out_dir={tmp_path / 'res_b'}")
+    # B: the reference gets far worse MSE and far higher L0 on both seeds, so every main run now dominates it
+    ref = a.cfg.replicates(a.reference)
+    fabricate(b, {r: {"mse_legacy": 5.0 + i * 0.1, "l0": 500.0 + i} for i, r in enumerate(ref)})
+    rows_a = tables.verdict_rows(a)
+    assert set(rows_a.verdict) <= {"holds", "does not hold", "cannot tell at this noise",
+                                  "cannot tell at this noise (one seed)"}
+    assert len(rows_a[rows_a.question == "lower L0 than the reference"]) == len(a.main_runs) - 1
+    m = tables.verdict_movement(a, b)
+    l0b = m[m.question == "lower L0 than the reference"]
+    assert (l0b["verdict B"] == "holds").all() and (l0b["diff B"] < -400).all()
+    assert l0b.moved.any() and not m.loc[~m.moved, ["verdict A"]].isna().any().any()
+    text = tables.movement_markdown(m, a, b)
+    assert f"{int(m.moved.sum())} of {len(m)} verdicts moved" in text and text.count("\n| ") == len(m) + 1

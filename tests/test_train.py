@@ -40,7 +40,7 @@ def test_run_logs_every_term_and_keeps_decoder_unit_norm(smoke_lm):
 def test_reference_recipe_geometric_median_and_ghost(smoke_lm):
     cfg = load_profile("smoke", {"out_dir": str(smoke_lm), "train.tokens": 10 * 1024, "runs.ref_l1.dead_window": 1})
     tr = Trainer(cfg, "ref_l1", progress=False)
-    sample = tr.buffer.peek(4096).clone()
+    sample = tr.source.peek(4096).clone()
     stack = tr.stacks[0]
     with torch.no_grad():
         stack.b_enc[0, :8] = -30.0  # eight features that never fire (exp(pre) stays > 0 for ghosts)
@@ -101,7 +101,7 @@ def test_runs_start_from_different_initialisations(smoke_lm):
 def test_nan_stops_training_naming_step_term_and_checkpoint(smoke_lm):
     cfg = load_profile("smoke", {"out_dir": str(smoke_lm), "train.tokens": 30 * 1024, "train.checkpoint_every": 10})
     tr = Trainer(cfg, "l0a_4", progress=False)
-    real = tr.buffer.next_batch
+    real = tr.source.next_batch
 
     def poisoned(n):
         x = real(n).clone()
@@ -109,7 +109,7 @@ def test_nan_stops_training_naming_step_term_and_checkpoint(smoke_lm):
             x[0, 0] = math.nan
         return x
 
-    tr.buffer.next_batch = poisoned
+    tr.source.next_batch = poisoned
     with pytest.raises(TrainingDiverged, match=r"non-finite activations.*step 15.*not at fault.*latest.json \(step 10\)"):
         tr.train()
     # the named checkpoint resumes
