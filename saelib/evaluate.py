@@ -193,7 +193,7 @@ def load_trained(cfg: ProfileConfig, name: str, device):
 
         sae = load_inference(folder, made_by, device)
     else:
-        sae = SAE.load(folder)
+        sae = SAE.load(folder, made_by=made_by)
     bad = [k for k, v in sae.state_dict().items() if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
     if bad:
         raise ArtifactError(f"{folder / 'sae.safetensors'}: weights {', '.join(bad)} hold NaN or Inf; retrain: "

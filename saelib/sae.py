@@ -130,10 +130,9 @@ class SAE(nn.Module):
         atomic_write_json(folder / "cfg.json", {"shape": asdict(self.shape), "run": run_config or {}, **(extra or {})})
 
     @classmethod
-    def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> "SAE":
-        """A trained run's SAE; the error names the file and the step that makes it."""
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu", made_by: str = "python -m saelib train") -> "SAE":
+        """A trained run's SAE; the error names the file and `made_by`, the command that makes it."""
         folder = Path(folder)
-        made_by = "python -m saelib train"
         shape = SAEShape(**read_json(folder / "cfg.json", made_by, keys=("shape",))["shape"])
         sae = cls(shape.d_in, shape.d_sae, shape.pre_encoder_bias)
         expected = {k: (tuple(v.shape), v.dtype) for k, v in sae.state_dict().items()}
