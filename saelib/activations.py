@@ -104,6 +104,7 @@ class ActivationBuffer:
     def __init__(self, model, cfg: ProfileConfig, device: torch.device, stream: SequenceStream | None = None,
                  bos_id: int | None = None):
         self.model, self.cfg, self.device = model, cfg, device
+        self.model_device = next(model.parameters()).device
         self.exclude_bos = cfg.activations.exclude_bos
         if self.exclude_bos and bos_id is None:
             raise ValueError("activations.exclude_bos needs the BOS token id")
@@ -122,12 +123,12 @@ class ActivationBuffer:
         per_seq = ctx - 1 if self.exclude_bos else ctx  # fewest kept tokens a sequence gives (plus separators)
         while have < n_tokens:
             toks = torch.from_numpy(self.stream.next(min(per, -(-(n_tokens - have) // per_seq))))
-            if self.device.type == "cuda":  # pinned host memory: the copy overlaps with GPU work
-                toks = toks.pin_memory().to(self.device, non_blocking=True)
+            if self.model_device.type == "cuda":  # pinned host memory: the copy overlaps with GPU work
+                toks = toks.pin_memory().to(self.model_device, non_blocking=True)
             acts = hook_activations(self.model, toks, self.hook).reshape(-1, self.buf_ND.shape[1])
             if self.exclude_bos:
                 acts = acts[(toks != self.bos_id).reshape(-1)]
-            chunks.append(acts)
+            chunks.append(acts.to(self.device))  # the model may live elsewhere than the buffer
             have += acts.shape[0]
         return torch.cat(chunks)
 

@@ -69,7 +69,9 @@ def test_legacy_mse_does_not_move_with_the_evaluation_batch_size(trained):
     a = evaluate_runs(cfg, names[:1], progress=False)[names[0]]
     b = evaluate_runs(load_profile("smoke", cfg._overrides | {"eval.batch_sequences": 7}), names[:1],
                       progress=False)[names[0]]
-    assert a["mse_legacy"] == pytest.approx(b["mse_legacy"], rel=1e-6)
+    # CUDA (TF32) picks other matmul kernels for another batch shape: 1.7e-5 apart on an H200; centring each
+    # batch on its own mean (the old definition) moves it by about 1/(tokens in a batch), ~1e-3 here
+    assert a["mse_legacy"] == pytest.approx(b["mse_legacy"], rel=1e-4 if torch.cuda.is_available() else 1e-6)
 
 
 def test_a_stale_or_broken_sae_is_refused(trained):

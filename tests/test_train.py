@@ -71,13 +71,23 @@ def interrupt_at(tr: Trainer, step: int, stack: int = 0):
     s.step = boom
 
 
-def _same_run(a, b):
+def _same_run(a, b, atol=None):
+    """Bit-identical weights and logged metrics; with `atol`, weights within it and the continuous loss terms
+    within 0.5% (counts such as L0 may move where a latent sits at 0)."""
+    exact = atol is None
     wa, wb = SAE.load(a).state_dict(), SAE.load(b).state_dict()
     for k in wa:
-        assert torch.equal(wa[k], wb[k]), (a.name, k)
+        if exact:
+            assert torch.equal(wa[k], wb[k]), (a.name, k)
+        else:
+            torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=atol, msg=lambda m: f"{a.name} {k}: {m}")
     ma, mb = pd.read_csv(a / "metrics.csv"), pd.read_csv(b / "metrics.csv")
     cols = [c for c in ma.columns if c != "seconds"]
-    pd.testing.assert_frame_equal(ma[cols], mb[cols])
+    if exact:
+        pd.testing.assert_frame_equal(ma[cols], mb[cols])
+    else:
+        cols = ["step", "tokens", "loss", "mse_term", "mse"]
+        pd.testing.assert_frame_equal(ma[cols], mb[cols], check_exact=False, rtol=5e-3)
 
 
 def test_resume_after_interruption_is_bit_identical(smoke_lm, smoke_twin):
@@ -132,8 +142,14 @@ def test_a_diverging_sae_names_the_last_good_checkpoint_not_its_own_weights(smok
 def test_group_training_equals_each_run_alone_even_interrupted(smoke_lm, smoke_twin):
     """Runs trained in lockstep on one shared stream (as stacks of two widths) end bit-identical to each run
     trained by itself, also when the group is interrupted between its two stacks' steps of one step and
-    resumed from its checkpoint."""
+    resumed from its checkpoint. On CUDA a stack of two SAEs runs other matmul kernels than a stack of one, and
+    Adam turns a rounding-sized gradient difference near zero into a step of up to lr: there the weights agree
+    within one step (lr), not bit for bit (measured on an H200, TF32 off: 47 of 16,384 W_enc entries of l0a_3
+    apart, by up to 2.9e-4 = 0.15 lr). On CPU they stay bit-identical."""
     over = {"train.tokens": 30 * 1024, "train.checkpoint_every": 10, "runs.l1_plain_1.expansion": 2}
+    cuda = torch.cuda.is_available()  # train.device: auto trains there
+    if cuda:
+        over["train.tf32"] = False
     names = ["l0a_3", "ref_l1", "l1_plain_1_s1"]  # geometric-median init + ghost grads; another width
     twin = load_profile("smoke", over | {"out_dir": str(smoke_twin)})
     alone = {n: train_run(twin, n, progress=False) for n in names}
@@ -147,7 +163,7 @@ def test_group_training_equals_each_run_alone_even_interrupted(smoke_lm, smoke_t
     assert [json.loads(p.read_text())["step"] for p in ckpt.glob("group-*/latest.json")] == [20]
     folders = train_runs(cfg, names, resume=True, progress=False)
     for n, folder in zip(names, folders):
-        _same_run(alone[n], folder)
+        _same_run(alone[n], folder, atol=cfg.train.lr if cuda else None)
     assert not list(ckpt.glob("group-*"))
 
 
