@@ -394,6 +394,11 @@ class ProfileConfig:
                "must be a non-empty list of distinct integers")
         bad = [n for n in self.runs if not n.replace("-", "").replace("_", "").replace(".", "").isalnum()]
         _check(not bad, "runs", f"names may hold only letters, digits, `_`, `-` and `.`: {bad}")
+        # the variant names a folder (results/<name>+<variant>): one plain path component, nothing a shell reads
+        _check(not self.variant or (self.variant[0].isalnum() and
+                                    self.variant.replace("-", "").replace("_", "").replace(".", "").isalnum()),
+               "variant", f"must start with a letter or digit and hold only letters, digits, `_`, `-` and `.`, "
+               f"got {self.variant!r}")
         _check(self.reference_run in self.runs, "reference_run", f"must be one of the runs: {sorted(self.runs)}")
         _check(not self.highlight_run or self.highlight_run in self.runs, "highlight_run",
                f"must be empty or one of the runs: {sorted(self.runs)}")

@@ -59,6 +59,9 @@ def test_overrides_apply_and_parse_types():
     ("activations.context=100000", "activations.context`: must be <= 4096"),
     ("train.device=gpu", "cuda:N"),
     ("runs.x/y.expansion=2", "names may hold only"),
+    ("variant=../../tmp/escaped", "variant`: must start with a letter or digit"),
+    ("variant=x;touch PWNED", "variant`: must start"),
+    ("variant=my label", "variant`: must start"),
 ])
 def test_bad_overrides_are_config_errors(override, match):
     with pytest.raises(ConfigError, match=match):
