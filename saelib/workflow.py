@@ -13,6 +13,7 @@ whose settings changed get jobs of the variant, writing to `results/<profile>+<v
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ class Job:
     settings: dict = field(default_factory=dict)
     runs: list[str] = field(default_factory=list)
     root: str = ""  # results/<profile>[+<variant>]: where its log and benchmark go
+    records: dict = field(default_factory=dict)  # artifact file -> (its JSON field, the hash it must carry)
 
     @property
     def command(self) -> str:
@@ -59,6 +61,32 @@ class Job:
     @property
     def log(self) -> str:
         return f"{self.root}/logs/{self.name}.log"
+
+    @property
+    def stamp(self) -> str:
+        return f"{self.root}/stale/{self.name}"
+
+    def stale(self) -> bool:
+        """Whether an artifact of this job on disk was made with other settings than the job's (or cannot be
+        read): what each artifact records, so it holds without Snakemake's own records of past jobs."""
+        for path, (key, want) in self.records.items():
+            p = ROOT / path
+            if p.exists():
+                try:
+                    if json.loads(p.read_text()).get(key) != want:
+                        return True
+                except (OSError, ValueError, AttributeError):
+                    return True
+        return False
+
+    def mark_if_stale(self) -> None:
+        """Make a stale job's outputs out of date for Snakemake even where its records of past jobs are missing
+        (a copied or unpacked results folder, a deleted .snakemake/): a fresh stamp file becomes an input."""
+        if self.stale():
+            stamp = ROOT / self.stamp
+            stamp.parent.mkdir(parents=True, exist_ok=True)
+            stamp.write_text("settings changed since these artifacts were made: " + json.dumps(self.settings))
+            self.inputs = [*self.inputs, self.stamp]
 
     @property
     def benchmark(self) -> str:
@@ -111,27 +139,34 @@ def _jobs_of(cfg: ProfileConfig, args: list[str], prefix: str, train_runs: list[
     root = rel(cfg.out)
     if data:
         made = ("info.json",) if cfg.synthetic_source else ("info.json", "heldout.npy")
+        info = rel(cfg.data_dir / "info.json")
         jobs.append(Job(f"{prefix}data", "data", args, [rel(cfg.data_dir / f) for f in made],
-                        settings={"data": cfg.stage_hash("data")}, root=root))
+                        settings={"data": cfg.stage_hash("data")}, root=root,
+                        records={info: ("stage_hash", cfg.stage_hash("data"))}))
     if lm and not cfg.synthetic_source:
-        jobs.append(Job(f"{prefix}lm", "lm", args, [rel(cfg.lm_dir / "info.json")],
-                        [rel(cfg.data_dir / "info.json")], {"lm": cfg.stage_hash("lm")}, root=root))
+        info = rel(cfg.lm_dir / "info.json")
+        jobs.append(Job(f"{prefix}lm", "lm", args, [info], [rel(cfg.data_dir / "info.json")],
+                        {"lm": cfg.stage_hash("lm")}, root=root, records={info: ("stage_hash", cfg.stage_hash("lm"))}))
     upstream = rel((cfg.data_dir if cfg.synthetic_source else cfg.lm_dir) / "info.json")
     for i, group in enumerate(chunks(train_runs, cfg.train.runs_per_process)):
+        hashes = {r: cfg.stage_hash("train", r) for r in group}
         jobs.append(Job(f"{prefix}train_{i}", "train", [*args, "--run", ",".join(group), "--resume"],
-                        [rel(cfg.run_dir(r) / f) for r in group for f in TRAIN_FILES], [upstream],
-                        {r: cfg.stage_hash("train", r) for r in group}, group, root))
+                        [rel(cfg.run_dir(r) / f) for r in group for f in TRAIN_FILES], [upstream], hashes, group,
+                        root, {rel(cfg.run_dir(r) / "cfg.json"): ("train_hash", hashes[r]) for r in group}))
     for i, group in enumerate(chunks(eval_runs, cfg.train.runs_per_process)):
+        hashes = {r: cfg.stage_hash("eval", r) for r in group}
         jobs.append(Job(f"{prefix}evaluate_{i}", "evaluate", [*args, "--run", ",".join(group)],
                         [rel(cfg.eval_dir(r) / f) for r in group for f in EVAL_FILES],
-                        [rel(cfg.run_dir(r) / f) for r in group for f in TRAIN_FILES],
-                        {r: cfg.stage_hash("eval", r) for r in group}, group, root))
+                        [rel(cfg.run_dir(r) / f) for r in group for f in TRAIN_FILES], hashes, group, root,
+                        {rel(cfg.eval_dir(r) / "eval.json"): ("eval_hash", hashes[r]) for r in group}))
     return jobs
 
 
-def make_plan(profile: str, sets: list[str] | None = None, fig_dir: str = "") -> Plan:
+def make_plan(profile: str, sets: list[str] | None = None, fig_dir: str = "", mark_stale: bool = False) -> Plan:
     """The jobs and notebooks that build a profile (or a variant: `sets` overrides). What it reuses from the
-    profiles it is based on (the profile of a variant, the profile it `extends`) is made by their jobs."""
+    profiles it is based on (the profile of a variant, the profile it `extends`) is made by their jobs. With
+    `mark_stale` (the Snakefile), a job whose artifacts on disk were made with other settings gets a fresh stamp
+    file as an input (`Job.mark_if_stale`)."""
     sets = [s for s in sets or [] if s]
     cfg = load_profile(profile, sets)
     base_args = ["--profile", str(profile)]
@@ -160,6 +195,9 @@ def make_plan(profile: str, sets: list[str] | None = None, fig_dir: str = "") ->
                     made |= set(j.outputs)
     else:
         jobs = _jobs_of(cfg, args, "", cfg.run_names, cfg.run_names, True, True)
+    if mark_stale:
+        for j in jobs:
+            j.mark_if_stale()
     fig = rel(resolve(fig_dir)) if fig_dir else f"figures/{cfg.label}"
     return Plan(cfg, jobs, notebooks(cfg, profile, sets, fig), fig)
 

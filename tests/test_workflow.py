@@ -118,6 +118,37 @@ def test_editing_a_training_key_replans_exactly_that_group_and_what_reads_it():
 
 
 @built
+def test_an_edit_reruns_its_group_even_without_snakemakes_records():
+    """`--rerun-triggers mtime` ignores Snakemake's records of past jobs' params, as a copied or unpacked results
+    folder or a deleted .snakemake/ would: the artifacts' own recorded hashes still replan the edited group."""
+    with edited("l0a_3: {lambda_sparsity: 2.0e-3}", "l0a_3: {lambda_sparsity: 9.9e-3}"):
+        out = snakemake("-n", "--rerun-triggers", "mtime", "--config", "profile=smoke").stdout
+    jobs = planned(out)
+    assert jobs.get("train_0") == 1 and "data" not in jobs and "lm" not in jobs, out[-2000:]
+    assert "results/smoke/stale/train_0" in out
+    assert "Nothing to be done" in snakemake("-n", "--rerun-triggers", "mtime", "--config", "profile=smoke").stdout
+
+
+def test_a_job_whose_artifacts_record_other_settings_is_stale(tmp_path):
+    plan = make_plan("smoke", [f"out_dir={tmp_path}"])
+    train, lm = plan.job("train_0"), plan.job("lm")
+    assert not train.stale() and not lm.stale()  # nothing on disk yet
+    cfg = plan.cfg
+    cfg.run_dir("l0a_3").mkdir(parents=True)
+    (cfg.run_dir("l0a_3") / "cfg.json").write_text('{"train_hash": "%s"}' % cfg.stage_hash("train", "l0a_3"))
+    assert not train.stale()
+    (cfg.run_dir("l0a_3") / "cfg.json").write_text('{"train_hash": "0123"}')
+    assert train.stale()
+    (cfg.run_dir("l0a_3") / "cfg.json").write_text('{"train_hash": ')  # cut short: rebuilt, not trusted
+    assert train.stale()
+    cfg.lm_dir.mkdir(parents=True)
+    (cfg.lm_dir / "info.json").write_text('{"stage_hash": "%s"}' % cfg.stage_hash("lm"))
+    marked = make_plan("smoke", [f"out_dir={tmp_path}"], mark_stale=True)
+    assert marked.job("train_0").inputs[-1] == marked.job("train_0").stamp and (ROOT / train.stamp).exists()
+    assert marked.job("lm").inputs == lm.inputs and marked.job("evaluate_0").inputs == plan.job("evaluate_0").inputs
+
+
+@built
 def test_editing_an_analysis_setting_reruns_only_the_notebooks_that_take_it():
     with edited("seed: 0", "seed: 0", append="analysis:\n  bin_width: 0.25\n"):
         jobs = planned(snakemake("-n", "--config", "profile=smoke").stdout)

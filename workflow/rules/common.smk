@@ -8,7 +8,7 @@ envvars:
 
 SETS = config.get("set") or []
 SETS = [s for s in (SETS.split(",") if isinstance(SETS, str) else SETS) if s]
-PLAN = make_plan(config["profile"], SETS, config.get("fig_dir", ""))  # validates the profile first
+PLAN = make_plan(config["profile"], SETS, config.get("fig_dir", ""), mark_stale=True)  # validates the profile first
 CFG = PLAN.cfg
 GPU = 1 if CFG.lm.source == "pretrained" else 0
 # Jobs run `python -m saelib ...`: this interpreter's folder first on PATH, so the commands (and with them
