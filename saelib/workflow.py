@@ -79,14 +79,19 @@ class Job:
                     return True
         return False
 
-    def mark_if_stale(self) -> None:
+    def add_stamp(self) -> None:
         """Make a stale job's outputs out of date for Snakemake even where its records of past jobs are missing
-        (a copied or unpacked results folder, a deleted .snakemake/): a fresh stamp file becomes an input."""
-        if self.stale():
-            stamp = ROOT / self.stamp
-            stamp.parent.mkdir(parents=True, exist_ok=True)
-            stamp.write_text("settings changed since these artifacts were made: " + json.dumps(self.settings))
-            self.inputs = [*self.inputs, self.stamp]
+        (a copied or unpacked results folder, a deleted .snakemake/): every job takes a stamp file as an input
+        (so the DAG's shape never depends on what is on disk), dated now when the job is stale and at the epoch
+        otherwise."""
+        stamp = ROOT / self.stamp
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stale = self.stale()
+        if stale or not stamp.exists():
+            stamp.write_text(json.dumps({"stale": stale, "settings": self.settings}) + "\n")
+        if not stale:
+            os.utime(stamp, (0, 0))
+        self.inputs = [*self.inputs, self.stamp]
 
     @property
     def benchmark(self) -> str:
@@ -165,8 +170,8 @@ def _jobs_of(cfg: ProfileConfig, args: list[str], prefix: str, train_runs: list[
 def make_plan(profile: str, sets: list[str] | None = None, fig_dir: str = "", mark_stale: bool = False) -> Plan:
     """The jobs and notebooks that build a profile (or a variant: `sets` overrides). What it reuses from the
     profiles it is based on (the profile of a variant, the profile it `extends`) is made by their jobs. With
-    `mark_stale` (the Snakefile), a job whose artifacts on disk were made with other settings gets a fresh stamp
-    file as an input (`Job.mark_if_stale`)."""
+    `mark_stale` (the Snakefile), every job takes a stamp file as an input, dated now where the job's artifacts on
+    disk were made with other settings (`Job.add_stamp`)."""
     sets = [s for s in sets or [] if s]
     cfg = load_profile(profile, sets)
     base_args = ["--profile", str(profile)]
@@ -197,7 +202,7 @@ def make_plan(profile: str, sets: list[str] | None = None, fig_dir: str = "", ma
         jobs = _jobs_of(cfg, args, "", cfg.run_names, cfg.run_names, True, True)
     if mark_stale:
         for j in jobs:
-            j.mark_if_stale()
+            j.add_stamp()
     fig = rel(resolve(fig_dir)) if fig_dir else f"figures/{cfg.label}"
     return Plan(cfg, jobs, notebooks(cfg, profile, sets, fig), fig)
 
