@@ -39,6 +39,7 @@ def uninterrupted(out, run):
     return train_run(load_profile("smoke", _over(out)), run, progress=False)
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_steps_then_resume_is_bit_identical(smoke_lm, smoke_twin):
     """SIGKILL at random moments after random checkpoints, then resume. A kill may land at any instant,
     including after the run folder was published (a fast machine finishes the last steps before the kill):

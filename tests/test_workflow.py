@@ -73,6 +73,7 @@ def test_a_profile_that_extends_another_runs_the_others_jobs_for_what_it_reuses(
     assert {j.name for j in ev.jobs} == {"variant_evaluate_0", "train_0", "tiny_data", "tiny_lm", "tiny_train_0"}
 
 
+@pytest.mark.slow
 def test_values_are_quoted_for_the_shell(tmp_path):
     """A `set` value with shell syntax reaches the step as one argument: nothing runs but the step."""
     out = tmp_path / "out dir"
@@ -90,7 +91,15 @@ def smoke_built() -> bool:
     return r.returncode == 0 and "Nothing to be done" in r.stdout
 
 
-built = pytest.mark.skipif(not smoke_built(), reason="needs the smoke results up to date (`make test` builds them)")
+@pytest.fixture(scope="module")
+def smoke_is_built():
+    if not smoke_built():
+        pytest.skip("needs the smoke results up to date (`make test` builds them)")
+
+
+def built(test):
+    """On the built smoke tree, through Snakemake subprocesses: the slow tier."""
+    return pytest.mark.slow(pytest.mark.usefixtures("smoke_is_built")(test))
 
 
 @contextlib.contextmanager
@@ -183,17 +192,20 @@ def test_another_venv_replans_nothing(tmp_path):
     assert "Nothing to be done" in r.stdout
 
 
+@pytest.mark.slow
 def test_snakemake_dag_resolves_for_every_profile(tmp_path):
     for profile in ("smoke", "tiny", "paper"):
         r = snakemake("-n", "--config", f"profile={profile}", f"set=out_dir={tmp_path / profile}")
         assert "train_0" in r.stdout
 
 
+@pytest.mark.slow
 def test_snakemake_rejects_unknown_config_key():
     r = snakemake("-n", "--config", "profile=smoke", "profil=x", check=False)
     assert r.returncode != 0 and "profil" in r.stderr + r.stdout
 
 
+@pytest.mark.slow
 def test_snakemake_lint_is_clean():
     r = snakemake("--lint", "--config", "profile=smoke", check=False)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
