@@ -777,3 +777,15 @@ def stage_hashes(cfg: ProfileConfig) -> dict[str, str]:
     the hash of its settings."""
     keys = [("data", None), ("lm", None)] + [(s, r) for r in cfg.run_names for s in ("train", "eval")]
     return {s if r is None else f"{s}:{r}": cfg.stage_hash(s, r) for s, r in keys if cfg.is_own(s, r)}
+
+
+def config_diff(old: dict, new: dict, then: str = "in the checkpoint", now: str = "now", prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts, with both values labelled (`then`, `now`)."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_diff(a, b, then, now, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} {then}, {b!r} {now}")
+    return out

@@ -23,14 +23,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .activations import hook_activations, hook_layer
-from .config import ProfileConfig
+from .config import ProfileConfig, config_diff
 from .data import load_tokens
 from .io import ArtifactError, atomic_write_json, read_json, save_safetensors
 from .lm import check_hook, load_lm, pick_device
 from .metrics import FeatureStats
 from .provenance import provenance
 from .sae import SAE, decode, encode_pre
-from .train import config_diff
 
 
 def heldout_sequences(cfg: ProfileConfig) -> np.ndarray:
@@ -184,9 +183,9 @@ def load_trained(cfg: ProfileConfig, name: str, device):
     made_by = cfg.command("train", name)
     meta = read_json(folder / "cfg.json", made_by, keys=("train_hash", "settings"))
     if meta["train_hash"] != cfg.stage_hash("train", name):
-        diff = config_diff(meta["settings"], cfg.stage_config("train", name))
+        diff = config_diff(meta["settings"], cfg.stage_config("train", name), then="in the run")
         raise ArtifactError(f"{folder} was trained with other settings than the profile's now:\n  " +
-                            "\n  ".join(d.replace("in the checkpoint", "in the run") for d in diff[:8]) +
+                            "\n  ".join(diff[:8]) +
                             f"\nretrain it: `{made_by}`")
     if cfg.run(name).architecture != "relu":
         from .archs import load_inference

@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import MAIN_FAMILY, REFERENCE_FAMILY, ProfileConfig, load_profile, resolve
+from .config import MAIN_FAMILY, REFERENCE_FAMILY, ProfileConfig, config_diff, load_profile, resolve
 from .io import ArtifactError, file_digest, load_safetensors, read_json
 from .metrics import log10_sparsity
-from .train import config_diff
 
 RELEASED_RUN = "released_ref"
 """Run folder holding `eval.json` of the released reference SAE (paper profile), shown in Table 1 if present."""
@@ -84,9 +83,9 @@ class Study:
         folder, made_by = self.cfg.run_dir(run), self.cfg.command("train", run)
         meta = read_json(folder / "cfg.json", made_by, keys=("train_hash", "settings", "files", "metrics_rows"))
         if meta["train_hash"] != self.cfg.stage_hash("train", run):
-            diff = config_diff(meta["settings"], self.cfg.stage_config("train", run))
+            diff = config_diff(meta["settings"], self.cfg.stage_config("train", run), then="then")
             raise ArtifactError(f"{folder} is stale: it was trained with other settings than {self.cfg.label}'s now "
-                                f"({'; '.join(d.replace(' in the checkpoint', ' then') for d in diff[:4])}); "
+                                f"({'; '.join(diff[:4])}); "
                                 f"rebuild: {self.rebuild}")
         return meta
 
@@ -95,9 +94,9 @@ class Study:
         path = self.cfg.eval_dir(run) / "eval.json"
         ev = read_json(path, self.cfg.command("evaluate", run), keys=("eval_hash", "settings"))
         if ev["eval_hash"] != self.cfg.stage_hash("eval", run):
-            diff = config_diff(ev["settings"], self.cfg.stage_config("eval", run))
+            diff = config_diff(ev["settings"], self.cfg.stage_config("eval", run), then="then")
             raise ArtifactError(f"{path} is stale: it was made with other settings than {self.cfg.label}'s now "
-                                f"({'; '.join(d.replace(' in the checkpoint', ' then') for d in diff[:4])}); "
+                                f"({'; '.join(diff[:4])}); "
                                 f"rebuild: {self.rebuild}")
         bad = [k for k, v in ev.items() if isinstance(v, float) and not math.isfinite(v)]
         bad += [f"other_bos_convention.{k}" for k, v in (ev.get("other_bos_convention") or {}).items()
@@ -210,11 +209,10 @@ def check_same_but_seed(study: Study, runs: list[str]) -> None:
         s["run"].pop("seed", None)
         settings.append(s)
     for r, s in zip(runs[1:], settings[1:]):
-        diff = config_diff(settings[0], s)
+        diff = config_diff(settings[0], s, then=f"in {runs[0]}", now=f"in {r}")
         if diff:
             raise ArtifactError(f"runs {runs[0]} and {r} differ in more than the seed and cannot be averaged: "
-                                + "; ".join(d.replace("in the checkpoint", f"in {runs[0]}").replace("now", f"in {r}")
-                                            for d in diff[:4]))
+                                + "; ".join(diff[:4]))
 
 
 def json_copy(obj):

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .activations import ActivationBuffer
 from .archs import SaeLensRun
-from .config import ProfileConfig
+from .config import ProfileConfig, config_diff
 from .io import (
     ArtifactError,
     atomic_dir,
@@ -102,18 +102,6 @@ def run_is_complete(cfg: ProfileConfig, name: str) -> bool:
     except (FileNotFoundError, ArtifactError):
         return False
     return meta["train_hash"] == cfg.stage_hash("train", name) and (cfg.run_dir(name) / "metrics.csv").exists()
-
-
-def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts, with both values."""
-    out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += config_diff(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}: {a!r} in the checkpoint, {b!r} now")
-    return out
 
 
 class Trainer:
